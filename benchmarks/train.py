@@ -1,0 +1,191 @@
+"""The one training loop every method runs in, knowing methods only through the ``Method`` hooks."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmarks.data import Dataset, Split, batches, normalize
+from benchmarks.models import ModelSpec, build_model
+from methods.base import Method, Phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 14
+    batch_size: int = 512
+    lr: float = 0.4  # peak, reached after the warm-up
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.2  # share of the phase spent warming up linearly; then linear decay to 0
+    label_smoothing: float = 0.2
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: float) -> float:
+    if schedule == "constant":
+        return 1.0
+    w = max(1, int(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return max(0.0, (total - step) / max(1, total - w))
+
+
+def _make_optimizer(kind: str, params: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {kind!r}; use 'sgd' or 'adam'")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) on a split, in eval mode."""
+    was = model.training
+    model.eval()
+    channels_last = split.images.device.type == "cpu"
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        x = normalize(split.images[i:i + batch_size], channels_last)
+        correct += (model(x).argmax(1) == split.labels[i:i + batch_size]).sum().item()
+    model.train(was)
+    return 100.0 * correct / len(split)
+
+
+def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> nn.Module:
+    """Run every phase of ``method`` on ``model`` (already on the training device and prepared).
+
+    ``on_epoch`` receives each epoch's history record. Raises ``NonFiniteLoss`` on a NaN/inf loss.
+    """
+    gen = seed_everything(cfg.seed)
+    device = data.train.images.device
+    channels_last = device.type == "cpu"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, (len(data.train) + cfg.batch_size // 2) // cfg.batch_size)
+    epoch_index = 0
+    for phase_index, phase in enumerate(method.phases(cfg.epochs)):
+        method.on_phase_start(model, phase_index)
+        opts, bases = _build_optimizers(method, model, phase, cfg)
+        total = phase.epochs * steps_per_epoch
+        step = 0
+        for _ in range(phase.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            bar = tqdm(batches(data.train, cfg.batch_size, gen, train=True, channels_last=channels_last),
+                       total=steps_per_epoch, desc=f"{method.name or 'train'} ep {epoch_index + 1}",
+                       leave=False, disable=not progress)
+            for x, y in bar:
+                f = lr_factor(phase.schedule, step, total, cfg.warmup)
+                for opt, base in zip(opts, bases):
+                    for g, b in zip(opt.param_groups, base):
+                        g["lr"] = b * (f if g.get("scheduled", True) else 1.0)
+                out = model(x)
+                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                pen = method.penalty(model)
+                total_loss = loss if pen is None else loss + pen
+                if not torch.isfinite(total_loss):
+                    raise NonFiniteLoss(f"loss became {total_loss.item()} at epoch {epoch_index + 1}, step "
+                                        f"{step + 1}; lower the learning rate or the method's penalty weight")
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                total_loss.backward()
+                method.after_backward(model)
+                if phase.grad_clip:
+                    nn.utils.clip_grad_norm_([p for g in opts[0].param_groups for p in g["params"]], phase.grad_clip)
+                for opt in opts:
+                    opt.step()
+                method.after_step(model, opts)
+                step += 1
+                n = len(y)
+                loss_sum += loss.item() * n
+                correct += (out.argmax(1) == y).sum().item()
+                seen += n
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            train_seconds = time.perf_counter() - t0
+            record = {"epoch": epoch_index + 1, "phase": phase_index, "train_loss": loss_sum / max(1, seen),
+                      "train_acc": 100.0 * correct / max(1, seen), "test_acc": evaluate(model, data.test),
+                      "epoch_seconds": train_seconds, **method.epoch_metrics(model)}
+            if not math.isfinite(record["train_loss"]):
+                raise NonFiniteLoss(f"training loss is {record['train_loss']} at epoch {epoch_index + 1}")
+            log.info("epoch %d: %s", epoch_index + 1, {k: round(v, 4) if isinstance(v, float) else v
+                                                       for k, v in record.items() if not isinstance(v, dict)})
+            if on_epoch is not None:
+                on_epoch(record)
+            epoch_index += 1
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return model
+
+
+def _build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainConfig):
+    """A fresh optimizer for the weights (per phase) and one per extra parameter group of the method."""
+    lr = phase.lr if phase.lr is not None else cfg.lr
+    wd = phase.weight_decay if phase.weight_decay is not None else cfg.weight_decay
+    opts = [_make_optimizer(phase.optimizer, method.weight_params(model), lr, wd, cfg.momentum)]
+    for g in method.param_groups(model):
+        opt = _make_optimizer(g.optimizer, g.params, g.lr, g.weight_decay, cfg.momentum)
+        opt.param_groups[0]["scheduled"] = g.scheduled
+        opts.append(opt)
+    bases = [[g["lr"] for g in opt.param_groups] for opt in opts]
+    return opts, bases
+
+
+def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,
+                progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained float model for (model, data set, schedule, seed), trained once and then read from the
+    cache. Returns the model (on the data's device) and the cache entry's metadata (history, time)."""
+    key = hashlib.sha256(json.dumps([spec.as_dict(), data.name, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"float-{key}.pt"
+    device = data.train.images.device
+    seed_everything(cfg.seed)
+    model = build_model(spec).to(device)
+    if path.is_file():
+        blob = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        return model, blob["meta"]
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    train(Method(), model, data, cfg, on_epoch=history.append, progress=progress)
+    meta = {"history": history, "train_seconds": time.perf_counter() - t0, "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+    return model, meta

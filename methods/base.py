@@ -1,0 +1,128 @@
+"""The ``Method`` interface: the hooks through which the one training loop runs every compression method.
+
+A method never measures its own size: ``export()`` hands the harness a ``CompressedModel`` and the
+accounting code measures that. Hyperparameters live in a frozen dataclass ``Config`` per method, so a run's
+settings are explicit, hashable and checked (an unknown or badly typed grid value is refused up front).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with one fresh optimizer for the network's own weights."""
+
+    epochs: int
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
+    lr: float | None = None  # None: the training config's peak learning rate
+    schedule: str = "warmup_linear"  # or "constant"
+    weight_decay: float | None = None  # None: the training config's
+    grad_clip: float | None = None
+
+
+@dataclass
+class ParamGroup:
+    """Extra parameters a method trains with their own optimizer settings (never the LR schedule's decay
+    unless ``scheduled``)."""
+
+    params: list[nn.Parameter]
+    lr: float
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduled: bool = False
+
+
+class ConfigError(ValueError):
+    """A method parameter is unknown or has a value of the wrong kind."""
+
+
+class Method:
+    """Base class: a method that does nothing is plain float training."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    #: per preset, the grid swept by default: {preset: {param: [values]}}
+    default_grid: ClassVar[dict[str, dict[str, list[Any]]]] = {}
+    #: start from the trained float model of the cache instead of random weights
+    needs_float_model: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "Method":
+        return cls(make_config(cls.Config, params, cls.name))
+
+    # --- hooks, in the order the loop calls them -------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Wrap or patch the model before training (quantizers, masks, ...)."""
+        return model
+
+    def phases(self, epochs: int) -> list[Phase]:
+        return [Phase(epochs)]
+
+    def on_phase_start(self, model: nn.Module, phase: int) -> None:
+        """Called before each phase's optimizer is built (e.g. fix another share of the weights)."""
+
+    def param_groups(self, model: nn.Module) -> list[ParamGroup]:
+        return []
+
+    def weight_params(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters trained by the phase optimizer: by default all not claimed by ``param_groups``."""
+        extra = {id(p) for g in self.param_groups(model) for p in g.params}
+        return [p for p in model.parameters() if id(p) not in extra and p.requires_grad]
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """Differentiable term added to the task loss."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Between backward and the optimizer step (e.g. zero the gradients of frozen weights)."""
+
+    def after_step(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """After each optimizer step; may change the model's structure (the loop copes)."""
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        """Whatever the method wants in the per-epoch history (its own estimates, not the measured size)."""
+        return {}
+
+    def export(self, model: nn.Module, spec: Any):
+        """The compressed model in the accounting's exported form (``benchmarks.compressed``)."""
+        from benchmarks.compressed import export_float
+
+        return export_float(model, spec)
+
+
+def make_config(cls: type, params: dict[str, Any], method: str) -> Any:
+    """Build a frozen config from grid values, refusing unknown keys and values of the wrong kind."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in params.items():
+        if k not in fields:
+            raise ConfigError(f"method {method!r} has no parameter {k!r}; its parameters are "
+                              f"{', '.join(fields) or '(none)'}")
+        default = getattr(cls(), k)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{method}.{k} must be true or false, got {v!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                raise ConfigError(f"{method}.{k} must be a number, got {v!r}")
+            if isinstance(default, int) and not float(v).is_integer():
+                raise ConfigError(f"{method}.{k} must be an integer, got {v!r}")
+            params[k] = type(default)(v)
+        if isinstance(default, str) and not isinstance(v, str):
+            raise ConfigError(f"{method}.{k} must be a string, got {v!r}")
+    cfg = cls(**params)
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        check()
+    return cfg

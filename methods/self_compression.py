@@ -1,0 +1,185 @@
+"""Self-compression (Cséfalvay & Imber, "Self-Compressing Neural Networks", arXiv 2301.13142).
+
+Every compressible layer gets, per output channel, a learnable bit depth ``b`` and exponent ``e``; its
+weights are used as ``q(w, b, e) = 2^e · round(clamp(2^-e · w, -2^(b-1), 2^(b-1) - 1))`` with ``b`` taken
+as ``relu(b)`` and only the rounding straight-through. The loss adds ``γ · Q``, Q the average bits per
+original weight, so bit depths fall; a channel at 0 bits is physically removed from the network (and the
+matching inputs of its consumers) at the next step boundary, with the optimizer state following.
+
+A channel at 0 bits still sends its BatchNorm shift through the activation; we zero a dead channel's
+output after its BatchNorm, so that removing it later is exact (the network's function is unchanged by
+surgery) and the decoded artifact computes exactly what was trained.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from benchmarks.compressed import CompressedModel, LayerCode, export_layers, full_shapes
+from benchmarks.models import ModelSpec, topology
+from benchmarks.topology import dead_space_channels, prune_, slice_param_, weight_of
+from methods.base import Method, ParamGroup
+from methods.registry import register
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """q(w, b, e) with per-output-channel ``b`` and ``e``; gradients reach ``b`` and ``e`` through the
+    clamp bounds and ``2^e``, and ``w`` inside the clamp range."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    b = torch.relu(b).view(shape)
+    scale = torch.pow(2.0, e).view(shape)
+    half = torch.pow(2.0, b - 1)
+    x = torch.minimum(torch.maximum(w / scale, -half), half - 1)
+    return scale * round_ste(x)
+
+
+class ChannelQuantizer(nn.Module):
+    """A weight parametrization holding the layer's bit depths and exponents."""
+
+    def __init__(self, weight: torch.Tensor, bits_init: float):
+        super().__init__()
+        out = weight.shape[0]
+        self.b = nn.Parameter(torch.full((out,), float(bits_init), device=weight.device))
+        self.e = nn.Parameter(initial_exponents(weight, bits_init))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return quantize(w, self.b, self.e)
+
+    def alive(self) -> torch.Tensor:
+        return self.b.detach() > 0
+
+
+def initial_exponents(weight: torch.Tensor, bits: float) -> torch.Tensor:
+    """The smallest integer ``e`` per channel at which the channel's largest weight is not clipped."""
+    top = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-8)
+    return torch.ceil(torch.log2(top / (2 ** (bits - 1) - 1)))
+
+
+def integer_bits(codes: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the fewest whole bits holding its signed codes (0 when they are all zero)."""
+    c = codes.reshape(codes.shape[0], -1)
+    hi, lo = c.max(dim=1).values, c.min(dim=1).values
+    need_hi = torch.where(hi > 0, torch.floor(torch.log2(hi.double().clamp(min=1))) + 2, 0)
+    need_lo = torch.where(lo < 0, torch.ceil(torch.log2((-lo).double())) + 1, 0)
+    return torch.maximum(need_hi, need_lo).long()
+
+
+@register("self_compression")
+class SelfCompression(Method):
+    @dataclass(frozen=True)
+    class Config:
+        gamma: float = 0.01  # weight of Q (bits per original weight) in the loss: the size/accuracy knob
+        bits_init: float = 8.0  # initial bit depth of every channel
+        lr_bits: float = 0.5  # Adam learning rate of b and e (0.05 barely moves bits in a short CPU schedule)
+
+        def validate(self) -> None:
+            if not (self.gamma >= 0 and math.isfinite(self.gamma)):
+                raise ValueError(f"self_compression.gamma must be a finite number >= 0, got {self.gamma}")
+            if not (1 <= self.bits_init <= 32):
+                raise ValueError(f"self_compression.bits_init must lie in [1, 32], got {self.bits_init}")
+            if not self.lr_bits > 0:
+                raise ValueError(f"self_compression.lr_bits must be > 0, got {self.lr_bits}")
+
+    default_grid = {
+        "smoke": {"gamma": [0.003, 0.3]},
+        "cpu": {"gamma": [0.001, 0.003, 0.01, 0.03, 0.1]},
+        "paper": {"gamma": [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]},
+    }
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.topo = topology(model)
+        self.modules = dict(model.named_modules())
+        self.n_weights = sum(weight_of(self.modules[n.name]).numel() for n in self.topo.nodes)  # still full size
+        self.quantizers: dict[str, ChannelQuantizer] = {}
+        for n in self.topo.nodes:
+            m = self.modules[n.name]
+            q = ChannelQuantizer(m.weight, self.config.bits_init)
+            parametrize.register_parametrization(m, "weight", q)
+            self.quantizers[n.name] = q
+            if n.bn is not None:
+                self.modules[n.bn].register_forward_hook(self._mask_hook(q))
+        return model
+
+    @staticmethod
+    def _mask_hook(q: ChannelQuantizer):
+        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+            return out * q.alive().to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+        return hook
+
+    def param_groups(self, model: nn.Module) -> list[ParamGroup]:
+        params = [p for q in self.quantizers.values() for p in (q.b, q.e)]
+        return [ParamGroup(params, lr=self.config.lr_bits, optimizer="adam", scheduled=True)]
+
+    def _alive_inputs(self) -> dict[str, torch.Tensor]:
+        alive_out = {name: q.alive() for name, q in self.quantizers.items()}
+        dead = dead_space_channels(self.topo, {k: ~v for k, v in alive_out.items()})
+        # a space channel is alive while any producer has b > 0 (dead_space_channels keeps one channel
+        # of a fully dead space for the module's sake; Q must still count it as dead)
+        return {s: torch.stack([alive_out[n.name] for n in self.topo.producers(s)]).any(0) for s in dead}
+
+    def size_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, weights remaining): bits per original weight and weights still alive, from the real b."""
+        alive_in = self._alive_inputs()
+        q_sum, weights = 0.0, 0.0
+        for n in self.topo.nodes:
+            q = self.quantizers[n.name]
+            w = weight_of(self.modules[n.name])
+            per_in = math.prod(w.shape[2:]) * n.in_factor
+            n_in = per_in * (alive_in[n.in_space].sum() if n.in_space in alive_in else w.shape[1] // n.in_factor)
+            q_sum = q_sum + n_in * torch.relu(q.b).sum()
+            weights = weights + n_in * q.alive().sum()
+        return q_sum / self.n_weights, torch.as_tensor(weights, dtype=torch.float32) / self.n_weights
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        return self.config.gamma * self.size_terms()[0]
+
+    def after_step(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        dead_out = {name: ~q.alive() for name, q in self.quantizers.items()}
+        if not any(bool(d.any()) for d in dead_out.values()):
+            return
+        keep = prune_(model, self.topo, dead_space_channels(self.topo, dead_out), optimizers)
+        for space, idx in keep.items():
+            for n in self.topo.producers(space):
+                q = self.quantizers[n.name]
+                slice_param_(q.b, 0, idx, optimizers)
+                slice_param_(q.e, 0, idx, optimizers)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            q, w = self.size_terms()
+        return {"Q": float(q), "est_bits_pct": 100.0 * float(q) / 32, "est_weights_pct": 100.0 * float(w),
+                "channels_alive": {n: int(q_.alive().sum()) for n, q_ in self.quantizers.items()}}
+
+    @torch.no_grad()
+    def export(self, model: nn.Module, spec: ModelSpec) -> CompressedModel:
+        shapes = full_shapes(spec)
+        layers = []
+        zero_bn: dict[str, torch.Tensor] = {}
+        for n in self.topo.nodes:
+            q = self.quantizers[n.name]
+            w = weight_of(self.modules[n.name]).detach().float()
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            b = torch.relu(q.b).view(shape)
+            scale = torch.pow(2.0, q.e.detach()).view(shape)
+            half = torch.pow(2.0, b - 1)
+            codes = torch.round(torch.minimum(torch.maximum(w / scale, -half), half - 1)).long().cpu()
+            codes[~q.alive().cpu()] = 0
+            layers.append(LayerCode(n.name, n.kind, tuple(w.shape), shapes[n.name], "channel", codes,
+                                    bits=integer_bits(codes), scales=scale.flatten().float().cpu()))
+            if n.bn is not None:
+                zero_bn[n.bn] = ~q.alive().cpu()
+        cm = export_layers(model, spec, layers)
+        for bn, dead in zero_bn.items():  # masked channels output exactly zero in the decoded model too
+            for k in ("weight", "bias"):
+                cm.others[f"{bn}.{k}"][dead] = 0.0
+        return cm
