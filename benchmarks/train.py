@@ -131,12 +131,15 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
                     nn.utils.clip_grad_norm_([p for g in opts[0].param_groups for p in g["params"]], phase.grad_clip)
                 for opt in opts:
                     opt.step()
-                method.after_step(model, opts)
-                step += 1
                 n = len(y)
                 loss_sum += loss.item() * n
                 correct += (out.argmax(1) == y).sum().item()
                 seen += n
+                # drop this step's graph before the method may reshape parameters: a live graph keeps
+                # each parameter's gradient accumulator, which remembers the old shape
+                del out, loss, pen, total_loss
+                method.after_step(model, opts)
+                step += 1
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
             train_seconds = time.perf_counter() - t0
             record = {"epoch": epoch_index + 1, "phase": phase_index, "train_loss": loss_sum / max(1, seen),

@@ -1,0 +1,112 @@
+"""Figures and tables from stored results alone: ``python -m benchmarks.figures --out results``.
+
+No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks.report import summary, write_tables  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points not beaten on both smaller ``x`` and larger ``y``."""
+    best, keep = -float("inf"), []
+    for i, r in df.sort_values([x, y], ascending=[True, False]).iterrows():
+        if r[y] > best:
+            best = r[y]
+            keep.append(i)
+    return df.loc[keep]
+
+
+def _save(fig: plt.Figure, folder: Path, name: str) -> None:
+    for ext in ("png", "pdf"):
+        fig.savefig(folder / f"{name}.{ext}", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
+    x = f"{axis}_remaining_pct"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for (method, model), part in s.groupby(["method", "model"]):
+        if method == "float":
+            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
+            continue
+        ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
+                    yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6, label=f"{method} ({model})")
+        front = pareto(part.rename(columns={f"{x}_mean": "x", "accuracy_mean": "y"}), "x", "y")
+        ax.plot(front.x, front.y, "-", color=ax.lines[-1].get_color() if ax.lines else None)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{axis} remaining (%)")
+    ax.set_ylabel("test accuracy of the exported model (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, folder, f"accuracy_vs_{axis}")
+
+
+def training_curve_figure(out: Path, folder: Path) -> bool:
+    """Bits and weights remaining over training for self-compression runs (the paper's training curve)."""
+    curves = []
+    for f in sorted(out.glob("runs/*/result.json")):
+        r = json.loads(f.read_text())
+        if r.get("status") != "ok" or r["spec"]["method"] != "self_compression":
+            continue
+        hist = [json.loads(line) for line in (f.parent / "history.jsonl").read_text().splitlines() if line.strip()]
+        curves.append((r["spec"]["params"].get("gamma"), r["spec"]["seed"], pd.DataFrame(hist)))
+    if not curves:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for gamma, seed, h in sorted(curves, key=lambda c: (c[0], c[1])):
+        a1.plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
+        a2.plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
+    a1.set_ylabel("bits remaining (%), exported model")
+    a2.set_ylabel("weights remaining (%), exported model")
+    for a in (a1, a2):
+        a.set_xlabel("epoch")
+        a.set_yscale("log")
+        a.grid(True, which="both", alpha=0.3)
+    a2.legend(fontsize=7)
+    _save(fig, folder, "self_compression_training")
+    return True
+
+
+def build_all(out: str | Path) -> list[Path]:
+    """Rebuild results.csv, tables.md and every figure under ``<out>/figures``."""
+    out = Path(out)
+    df = write_tables(out)
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    s = summary(df)
+    if not s.empty:
+        accuracy_figure(s, "bits", folder)
+        accuracy_figure(s, "weights", folder)
+    training_curve_figure(out, folder)
+    return sorted(folder.glob("*"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Rebuild tables and figures from stored results (no training).")
+    p.add_argument("--out", default="results", help="results folder holding runs/ (default: results)")
+    args = p.parse_args(argv)
+    if not (Path(args.out) / "runs").is_dir():
+        print(f"error: no runs in {args.out}/runs; run `python run_all.py --out {args.out}` first", file=sys.stderr)
+        return 2
+    for f in build_all(args.out):
+        print(f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

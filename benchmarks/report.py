@@ -1,0 +1,74 @@
+"""Results tables rebuilt from the run folders alone (no training code is imported)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "accuracy", "bits_remaining_pct",
+           "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
+           "packed_bytes", "train_seconds", "status", "error"]
+
+
+def collect(out: str | Path) -> pd.DataFrame:
+    """One row per run folder that has a result."""
+    rows = []
+    for f in sorted(Path(out).glob("runs/*/result.json")):
+        r = json.loads(f.read_text())
+        spec = r.get("spec", {})
+        size = r.get("size", {})
+        model = spec.get("model", {})
+        rows.append({
+            "run_id": r.get("run_id", f.parent.name), "method": spec.get("method"),
+            "params": json.dumps(spec.get("params", {}), sort_keys=True), "seed": spec.get("seed"),
+            "model": f"{model.get('name')}x{model.get('width')}", "dataset": spec.get("dataset"),
+            "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r.get("status"),
+            "error": r.get("error", ""),
+            **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
+                                        "weights_total", "unique_values", "entropy_bits", "packed_bytes")},
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (method, params, model, dataset), finished runs only."""
+    ok = df[df.status == "ok"]
+    keys = ["method", "params", "model", "dataset"]
+    vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits", "packed_bytes"]
+    if ok.empty:
+        return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
+    g = ok.groupby(keys)
+    out = g[vals].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out.insert(0, "seeds", g.size())
+    return out.reset_index()
+
+
+def write_tables(out: str | Path) -> pd.DataFrame:
+    out = Path(out)
+    df = collect(out)
+    df.to_csv(out / "results.csv", index=False)
+    s = summary(df)
+    lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.figures --out {out}`.", ""]
+    for method, part in s.groupby("method"):
+        lines += [f"## {method}", ""]
+        table = pd.DataFrame({
+            "params": part.params, "model": part.model, "seeds": part.seeds,
+            "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
+            "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
+            "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
+                                                                  part.weights_remaining_pct_std)],
+            "unique values": part.unique_values_mean.round(0).astype(int),
+            "packed bytes": part.packed_bytes_mean.round(0).astype(int),
+        }).sort_values("bits remaining %")
+        lines += [table.to_markdown(index=False), ""]
+    failed = df[df.status != "ok"]
+    if not failed.empty:
+        lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]
+    (out / "tables.md").write_text("\n".join(lines))
+    return df
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
