@@ -61,10 +61,11 @@ def _read_batches(folder: Path, files: list[str]) -> Split:
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
-    """Read the torchvision-layout pickles directly (checksums are not required to match); download if absent."""
+    """Read the torchvision-layout pickles directly (checksums are not required to match); download if absent
+    (unless ``SCNN_OFFLINE`` is set, for machines without a network)."""
     root = resolve_root(data_dir)
     folder = root / FOLDER
-    if not folder.is_dir() and download:
+    if not folder.is_dir() and download and not os.environ.get("SCNN_OFFLINE"):
         try:
             from torchvision.datasets import CIFAR10
 

@@ -110,7 +110,7 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
             loss_sum, correct, seen = 0.0, 0, 0
             bar = tqdm(batches(data.train, cfg.batch_size, gen, train=True, channels_last=channels_last),
                        total=steps_per_epoch, desc=f"{method.name or 'train'} ep {epoch_index + 1}",
-                       leave=False, disable=not progress)
+                       leave=False, disable=None if progress else True)  # None: off when not a TTY
             for x, y in bar:
                 f = lr_factor(phase.schedule, step, total, cfg.warmup)
                 for opt, base in zip(opts, bases):

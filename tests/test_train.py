@@ -1,0 +1,95 @@
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.data import make_synthetic
+from benchmarks.models import ModelSpec, build_model, describe
+from benchmarks.train import TrainConfig, evaluate, float_model, train
+from methods import Method, ParamGroup, Phase
+
+CFG = TrainConfig(epochs=2, batch_size=128, lr=0.1)
+
+
+def test_synthetic_training_lowers_loss_and_beats_chance():
+    data = make_synthetic(n_train=1024, n_test=256)
+    model = build_model(ModelSpec("tinycnn"))
+    hist = []
+    train(Method(), model, data, CFG, on_epoch=hist.append, progress=False)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert evaluate(model, data.test) > 40.0  # chance is 10%
+
+
+class ToyMethod(Method):
+    """Uses every hook: a per-channel gain in its own Adam group, a penalty, two phases, and a structural
+    change (the gain tensor shrinks) after the first step."""
+
+    @dataclass(frozen=True)
+    class Config:
+        weight: float = 0.01
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.calls = {k: 0 for k in ("prepare", "phase", "penalty", "backward", "step", "metrics")}
+
+    def prepare(self, model):
+        self.calls["prepare"] += 1
+        self.gain = torch.nn.Parameter(torch.ones(4))
+        return model
+
+    def phases(self, epochs):
+        return [Phase(1), Phase(1, optimizer="adam", lr=1e-3, schedule="constant", grad_clip=1.0)]
+
+    def on_phase_start(self, model, phase):
+        self.calls["phase"] += 1
+
+    def param_groups(self, model):
+        return [ParamGroup([self.gain], lr=0.1)]
+
+    def penalty(self, model):
+        self.calls["penalty"] += 1
+        return self.config.weight * self.gain.abs().sum()
+
+    def after_backward(self, model):
+        self.calls["backward"] += 1
+        assert self.gain.grad is not None
+
+    def after_step(self, model, optimizers):
+        self.calls["step"] += 1
+        if self.gain.numel() == 4:
+            from benchmarks.topology import slice_param_
+            slice_param_(self.gain, 0, torch.tensor([0, 2]), optimizers)
+
+    def epoch_metrics(self, model):
+        self.calls["metrics"] += 1
+        return {"gain_sum": float(self.gain.detach().sum())}
+
+
+def test_loop_calls_every_hook_and_copes_with_shrinking_parameters():
+    data = make_synthetic(n_train=512, n_test=128)
+    model = build_model(ModelSpec("tinycnn"))
+    m = ToyMethod()
+    model = m.prepare(model)
+    hist = []
+    train(m, model, data, CFG, on_epoch=hist.append, progress=False)
+    steps = 2 * (512 // 128)
+    assert m.calls == {"prepare": 1, "phase": 2, "penalty": steps, "backward": steps, "step": steps, "metrics": 2}
+    assert m.gain.numel() == 2 and float(m.gain.sum()) < 2.0  # the penalty pulled the gain down
+    assert [h["phase"] for h in hist] == [0, 1] and "gain_sum" in hist[0]
+
+
+def test_float_model_cache_reuses_training(tmp_path):
+    data = make_synthetic(n_train=256, n_test=64)
+    spec = ModelSpec("tinycnn")
+    m1, meta1 = float_model(spec, data, CFG, tmp_path, progress=False)
+    m2, meta2 = float_model(spec, data, CFG, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("float-*.pt"))) == 1 and meta1["key"] == meta2["key"]
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_describe_counts_weights_and_macs():
+    rows = describe(build_model(ModelSpec("tinycnn")))
+    assert rows[0] == {"layer": "conv1.0", "kind": "conv", "shape": (8, 3, 3, 3), "weights": 216,
+                       "macs": 216 * 32 * 32}
+    assert rows[-1]["weights"] == 16 * 16 * 10 and rows[-1]["macs"] == 2560
+    assert sum(r["weights"] for r in describe(build_model(ModelSpec("resnet9")))) == 6_568_640
