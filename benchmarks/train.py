@@ -73,15 +73,17 @@ def _make_optimizer(kind: str, params: list, lr: float, weight_decay: float, mom
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (%) on a split, in eval mode."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, flip_tta: bool = True) -> float:
+    """Top-1 accuracy (%) on a split, in eval mode; by default on logits averaged over the image and its
+    mirror (as airbench does), the same for every method."""
     was = model.training
     model.eval()
     channels_last = split.images.device.type == "cpu"
     correct = 0
     for i in range(0, len(split), batch_size):
         x = normalize(split.images[i:i + batch_size], channels_last)
-        correct += (model(x).argmax(1) == split.labels[i:i + batch_size]).sum().item()
+        logits = model(x) + model(x.flip(3)) if flip_tta else model(x)
+        correct += (logits.argmax(1) == split.labels[i:i + batch_size]).sum().item()
     model.train(was)
     return 100.0 * correct / len(split)
 
