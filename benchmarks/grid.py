@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any, Iterable
 
+from benchmarks.data import Dataset
 from benchmarks.presets import Preset
 from benchmarks.runner import RunSpec, execute
 from methods import ConfigError, get_method
 from methods.base import make_config
-
-log = logging.getLogger(__name__)
 
 
 def parse_value(text: str) -> Any:
@@ -52,33 +51,25 @@ def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict
             params = dict(zip(keys, combo))
             make_config(cls.Config, dict(params), name)  # refuses unknown keys and bad values up front
             for seed in seeds:
-                tr = preset.method_train
-                tr = replace(tr, epochs=preset.method_epochs.get(name, tr.epochs), seed=seed)
-                if epochs is not None:
-                    tr = replace(tr, epochs=epochs)
+                tr = replace(preset.method_train, epochs=epochs or preset.method_train.epochs, seed=seed)
                 fl = replace(preset.float_train, seed=seed)
                 specs.append(RunSpec(name, tuple(sorted(params.items())), seed, preset.dataset, preset.model,
                                      fl if cls.needs_float_model and not cls().phases(1) else tr, fl))
     return specs
 
 
-def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | None, jobs: int = 1) -> list[dict]:
-    """Run every spec; with ``jobs > 1`` in worker processes (float-model runs first, so they are cached)."""
-    if jobs <= 1:
-        from benchmarks.data import load_dataset
-        from benchmarks.train import pick_device
+def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | None, jobs: int = 1,
+            data: Dataset | None = None) -> list[dict]:
+    """Run every spec; with ``jobs > 1`` in worker processes (float-model runs first, so they are cached).
 
-        data = {}
-        results = []
-        for s in specs:
-            if s.dataset not in data:
-                data[s.dataset] = load_dataset(s.dataset, data_dir, pick_device(device))
-            results.append(execute(s, out, data_dir, device, data=data[s.dataset]))
-        return results
+    ``data``, when given, is the data set every spec uses, already on the device (one process only)."""
+    if jobs <= 1:
+        return [execute(s, out, data_dir, device, data=data) for s in specs]
     # one run per float model first, so that the runs reusing it find it in the cache
     warm = list({(s.model, s.dataset, s.float_train): s for s in specs
                  if get_method(s.method).needs_float_model}.values())
-    with ProcessPoolExecutor(jobs) as pool:
+    # spawn, not fork: a forked child inherits torch's thread pools half-initialised and can hang
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(execute, warm, [out] * len(warm), [data_dir] * len(warm), [device] * len(warm),
                       [None] * len(warm), [False] * len(warm)))
         return list(pool.map(execute, specs, [out] * len(specs), [data_dir] * len(specs), [device] * len(specs),
