@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from benchmarks.data import DataError, load_dataset
 from benchmarks.figures import build_all
 from benchmarks.grid import expand, parse_grid_overrides, run_all
 from benchmarks.presets import PRESETS, get_preset
+from benchmarks.train import pick_device
 from methods import ConfigError, UnknownMethodError, available_methods
 from methods.registry import PLUGIN_ERRORS
 
@@ -65,14 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs)
         out = Path(args.out)
         _check_writable(out)
-        load_dataset(preset.dataset, args.data_dir, "cpu") if preset.dataset == "cifar10" else None
+        # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
+        # so the parent keeps it on the CPU (no CUDA context before forking)
+        data = load_dataset(preset.dataset, args.data_dir, pick_device(args.device) if args.jobs <= 1 else "cpu")
     except (ConfigError, UnknownMethodError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, err in PLUGIN_ERRORS.items():
         log.error("%s (skipped; the other methods still run)", err)
     log.info("preset %s: %d runs into %s", preset.name, len(specs), out)
-    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs)
+    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs,
+                      data if args.jobs <= 1 else None)
     build_all(out)
     failed = [r for r in results if r.get("status") != "ok"]
     log.info("%d runs ok, %d failed; tables in %s, figures in %s", len(results) - len(failed), len(failed),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.report import summary, write_tables  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Presets: data set, network and schedules sized for a CI smoke test, a 2-core CPU, or a GPU."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from benchmarks.models import ModelSpec
 from benchmarks.train import TrainConfig
@@ -14,7 +14,6 @@ class Preset:
     model: ModelSpec
     float_train: TrainConfig  # the float baseline, also the starting point of methods that need one
     method_train: TrainConfig  # every compression method's own schedule
-    method_epochs: dict[str, int] = field(default_factory=dict)  # per-method overrides of the epochs
 
 
 PRESETS = {

@@ -51,11 +51,6 @@ class RunSpec:
     def run_id(self) -> str:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(d["method"], tuple(sorted(d["params"].items())), d["seed"], d["dataset"], ModelSpec(**d["model"]),
-                   TrainConfig(**d["train"]), TrainConfig(**d["float_train"]))
-
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -92,8 +87,9 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
         return json.loads((folder / "result.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
+    env = environment()
     write_json(folder / "config.json", {"run_id": spec.run_id, **spec.as_dict(), "device": str(dev),
-                                         "environment": environment()})
+                                         "environment": env})
     (folder / "history.jsonl").write_text("")
     t0 = time.perf_counter()
     try:
@@ -104,7 +100,7 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
         log.error("run %s (%s %s) failed: %s", spec.run_id, spec.method, dict(spec.params), e)
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     result.update(run_id=spec.run_id, wall_seconds=time.perf_counter() - t0, spec=spec.as_dict(),
-                  environment=environment())
+                  environment=env)
     write_json(folder / "result.json", result)
     return result
 

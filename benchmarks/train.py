@@ -35,9 +35,6 @@ class TrainConfig:
     label_smoothing: float = 0.2
     seed: int = 0
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
 
 class NonFiniteLoss(RuntimeError):
     pass
