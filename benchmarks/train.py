@@ -117,7 +117,7 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
                         g["lr"] = b * (f if g.get("scheduled", True) else 1.0)
                 out = model(x)
                 loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-                pen = method.penalty(model)
+                pen = method.penalty(model, loss)
                 total_loss = loss if pen is None else loss + pen
                 if not torch.isfinite(total_loss):
                     raise NonFiniteLoss(f"loss became {total_loss.item()} at epoch {epoch_index + 1}, step "

@@ -82,8 +82,8 @@ class Method:
         extra = {id(p) for g in self.param_groups(model) for p in g.params}
         return [p for p in model.parameters() if id(p) not in extra and p.requires_grad]
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """Differentiable term added to the task loss."""
+    def penalty(self, model: nn.Module, task_loss: torch.Tensor) -> torch.Tensor | None:
+        """Differentiable term added to the task loss (which it may scale by, e.g. to stay a fixed share)."""
         return None
 
     def after_backward(self, model: nn.Module) -> None:

@@ -140,7 +140,7 @@ class SelfCompression(Method):
             weights = weights + n_in * q.alive().sum()
         return q_sum / self.n_weights, torch.as_tensor(weights, dtype=torch.float32) / self.n_weights
 
-    def penalty(self, model: nn.Module) -> torch.Tensor:
+    def penalty(self, model: nn.Module, task_loss: torch.Tensor) -> torch.Tensor:
         return self.config.gamma * self.size_terms()[0]
 
     def after_step(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:

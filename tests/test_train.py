@@ -45,7 +45,7 @@ class ToyMethod(Method):
     def param_groups(self, model):
         return [ParamGroup([self.gain], lr=0.1)]
 
-    def penalty(self, model):
+    def penalty(self, model, task_loss):
         self.calls["penalty"] += 1
         return self.config.weight * self.gain.abs().sum()
 
