@@ -4,9 +4,12 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any, Iterable
+
+import torch
 
 from benchmarks.data import Dataset
 from benchmarks.presets import Preset
@@ -69,7 +72,9 @@ def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | 
     warm = list({(s.model, s.dataset, s.float_train): s for s in specs
                  if get_method(s.method).needs_float_model}.values())
     # spawn, not fork: a forked child inherits torch's thread pools half-initialised and can hang
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # share the cores instead of oversubscribing them
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         list(pool.map(execute, warm, [out] * len(warm), [data_dir] * len(warm), [device] * len(warm),
                       [None] * len(warm), [False] * len(warm)))
         return list(pool.map(execute, specs, [out] * len(specs), [data_dir] * len(specs), [device] * len(specs),

@@ -26,7 +26,8 @@ from benchmarks.compressed import to_module
 from benchmarks.data import Dataset, load_dataset
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.size import size_report
-from benchmarks.train import TrainConfig, evaluate, float_model, pick_device, seed_everything, train
+from benchmarks.train import (TrainConfig, evaluate, float_model, pick_device, resume_history, seed_everything,
+                              train)
 from methods import get_method
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
     env = environment()
     write_json(folder / "config.json", {"run_id": spec.run_id, **spec.as_dict(), "device": str(dev),
                                          "environment": env})
-    (folder / "history.jsonl").write_text("")
     t0 = time.perf_counter()
     try:
         data = data if data is not None else load_dataset(spec.dataset, data_dir, dev)
@@ -108,12 +108,13 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
 def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, progress: bool) -> dict:
     method = get_method(spec.method).from_params(**dict(spec.params))
     float_seconds = 0.0
+    checkpoint = folder / "checkpoint.pt"  # an interrupted run resumes after its last finished epoch
+    _, elapsed = resume_history(folder / "history.jsonl", checkpoint)
     if method.needs_float_model:
         model, meta = float_model(spec.model, data, spec.float_train, cache, progress)
         float_seconds = meta["train_seconds"]
         if not method.phases(spec.train.epochs):  # the float baseline: its history is the float training
-            with open(folder / "history.jsonl", "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in meta["history"])
+            (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in meta["history"]))
     else:
         seed_everything(spec.seed)
         model = build_model(spec.model).to(data.train.images.device)
@@ -126,11 +127,13 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
             f.write(json.dumps(record) + "\n")
 
     t0 = time.perf_counter()
-    train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress)
-    train_seconds = time.perf_counter() - t0 + float_seconds
+    train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - t0 + elapsed + float_seconds
     packed_bytes = packing.save(method.export(model, spec.model), folder / "model.packed")
     artifact = packing.load(folder / "model.packed")  # score what was written, not what is in memory
     decoded = to_module(artifact).to(data.train.images.device)
     report = size_report(artifact, packed_bytes)
-    return {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(), "train_seconds": train_seconds,
-            "method_metrics": method.epoch_metrics(model)}
+    result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(), "train_seconds": train_seconds,
+              "method_metrics": method.epoch_metrics(model)}
+    checkpoint.unlink(missing_ok=True)
+    return result

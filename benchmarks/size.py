@@ -86,12 +86,6 @@ class SizeReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SizeReport":
-        d = dict(d)
-        d["layers"] = [LayerSize(**r) for r in d["layers"]]
-        return cls(**d)
-
     def table(self) -> str:
         rows = [[r.layer, r.scheme, r.weights_total, r.weights_remaining, r.nonzero_weights, f"{r.mean_bits:.2f}",
                  r.code_bits, r.side_bits, f"{r.entropy_bits:.0f}"] for r in self.layers]

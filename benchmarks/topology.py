@@ -165,3 +165,27 @@ def _set_in(m: nn.Module, n: int) -> None:
 def space_widths(model: nn.Module, topo: Topology) -> dict[str, int]:
     modules = dict(model.named_modules())
     return {s: weight_of(modules[topo.producers(s)[0].name]).shape[0] for s in topo.spaces}
+
+
+def fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every tensor of ``model`` the shape it has in ``state`` (a state dict saved after surgery), so
+    that a freshly built model can load a shrunk one; the layers' size attributes follow."""
+    params = dict(model.named_parameters())
+    owners = dict(model.named_modules())
+    for key, saved in state.items():
+        if key in params:
+            if params[key].shape != saved.shape:
+                params[key].data = torch.empty_like(saved, device=params[key].device)
+            continue
+        mod_name, _, attr = key.rpartition(".")
+        m = owners.get(mod_name)
+        buf = m._buffers.get(attr) if m is not None else None
+        if buf is not None and buf.shape != saved.shape:
+            m._buffers[attr] = torch.empty_like(saved, device=buf.device)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = weight_of(m)
+            _set_out(m, w.shape[0])
+            _set_in(m, w.shape[1])
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.num_features = m.running_mean.numel()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
 from benchmarks.models import ModelSpec, build_model
+from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
 
 log = logging.getLogger(__name__)
@@ -86,24 +87,41 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, flip_tta: b
 
 
 def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> nn.Module:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+          checkpoint: str | os.PathLike | None = None) -> nn.Module:
     """Run every phase of ``method`` on ``model`` (already on the training device and prepared).
 
     ``on_epoch`` receives each epoch's history record. Raises ``NonFiniteLoss`` on a NaN/inf loss.
+    With ``checkpoint``, the whole training state is saved there after every epoch, and a run that finds
+    one resumes after its last epoch exactly as if it had never stopped (same batches, same noise).
     """
     gen = seed_everything(cfg.seed)
     device = data.train.images.device
     channels_last = device.type == "cpu"
+    steps_per_epoch = max(1, (len(data.train) + cfg.batch_size // 2) // cfg.batch_size)
+    t_start = time.perf_counter()
+    resume = load_checkpoint(checkpoint, model, method, gen) if checkpoint else None
+    elapsed0 = resume["elapsed"] if resume else 0.0
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, (len(data.train) + cfg.batch_size // 2) // cfg.batch_size)
-    epoch_index = 0
+    epoch_index = resume["epoch_index"] if resume else 0
     for phase_index, phase in enumerate(method.phases(cfg.epochs)):
-        method.on_phase_start(model, phase_index)
+        done = 0  # epochs of this phase already trained (by an interrupted run)
+        if resume and phase_index < resume["phase_index"]:
+            continue
+        if resume and phase_index == resume["phase_index"]:
+            done = resume["phase_epochs"]
+            if done >= phase.epochs:
+                continue
+        if not done:
+            method.on_phase_start(model, phase_index)
         opts, bases = _build_optimizers(method, model, phase, cfg)
+        if done:
+            for opt, st in zip(opts, resume["optimizers"]):
+                opt.load_state_dict(st)
         total = phase.epochs * steps_per_epoch
-        step = 0
-        for _ in range(phase.epochs):
+        step = done * steps_per_epoch
+        for phase_epoch in range(done, phase.epochs):
             t0 = time.perf_counter()
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
@@ -151,9 +169,64 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
             if on_epoch is not None:
                 on_epoch(record)
             epoch_index += 1
+            if checkpoint:
+                save_checkpoint(checkpoint, model, method, opts, gen, epoch_index=epoch_index,
+                                phase_index=phase_index, phase_epochs=phase_epoch + 1,
+                                elapsed=elapsed0 + time.perf_counter() - t_start)
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return model
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, opts: list, gen: torch.Generator,
+                    **progress: Any) -> None:
+    """Everything that decides the rest of a run: weights (of whatever shape surgery left), the method's own
+    state, optimizer moments and every random stream, written atomically."""
+    rng = {"gen": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {"model": model.state_dict(), "method": method.state_dict(),
+             "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
+    """(epochs done, training seconds spent) of a checkpoint, (0, 0) when there is none."""
+    if not Path(path).is_file():
+        return 0, 0.0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["epoch_index"], state["elapsed"]
+
+
+def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
+    """Keep the history records of the epochs a checkpoint covers (later ones are redone) and return them
+    with the training seconds already spent; a run without a checkpoint starts an empty history."""
+    done, elapsed = checkpoint_progress(checkpoint)
+    records = []
+    if done and history.is_file():
+        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()][:done]
+    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records, elapsed
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, gen: torch.Generator) -> dict | None:
+    if not Path(path).is_file():
+        return None
+    device = next(model.parameters()).device
+    state = torch.load(path, map_location=device, weights_only=False)
+    fit_shapes_(model, state["model"])
+    model.load_state_dict(state["model"])
+    method.load_state_dict(state["method"])
+    rng = state["rng"]
+    gen.set_state(rng["gen"].cpu())
+    torch.set_rng_state(rng["torch"].cpu())
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
+    log.info("resuming from %s after epoch %d", path, state["epoch_index"])
+    return state
 
 
 def _build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainConfig):
@@ -182,12 +255,21 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
         blob = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(blob["state_dict"])
         return model, blob["meta"]
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    train(Method(), model, data, cfg, on_epoch=history.append, progress=progress)
-    meta = {"history": history, "train_seconds": time.perf_counter() - t0, "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt, hist = path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")
+    history, elapsed = resume_history(hist, ckpt)
+
+    def on_epoch(record: dict) -> None:
+        history.append(record)
+        with open(hist, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    t0 = time.perf_counter()
+    train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
+    meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": key}
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
+    ckpt.unlink(missing_ok=True)
+    hist.unlink(missing_ok=True)
     return model, meta

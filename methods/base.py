@@ -96,6 +96,13 @@ class Method:
         """Whatever the method wants in the per-epoch history (its own estimates, not the measured size)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """State the method keeps outside the model (the model's own tensors are checkpointed anyway)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` when an interrupted run resumes (after ``prepare``)."""
+
     def export(self, model: nn.Module, spec: Any):
         """The compressed model in the accounting's exported form (``benchmarks.compressed``)."""
         from benchmarks.compressed import export_float

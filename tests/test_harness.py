@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import run_all
-from benchmarks import figures
+from benchmarks import figures, inspect
 from benchmarks.grid import expand, parse_grid_overrides
 from benchmarks.presets import get_preset
-import torch
 
 from methods import ConfigError, Method, register
 
@@ -21,7 +21,7 @@ def smoke(out, *extra):
     return run_all.main(["--preset", "smoke", "--out", str(out), "-q", *extra])
 
 
-def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert smoke(tmp_path, "--grid", "self_compression.gamma=0.003,0.3") == 0
     df = pd.read_csv(tmp_path / "results.csv")
     assert set(df.method) >= {"float", "self_compression"} and (df.status == "ok").all()
@@ -31,6 +31,11 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 0
     run = next(p for p in (tmp_path / "runs").iterdir() if json.loads((p / "config.json").read_text())["method"] != "float")
     assert {f.name for f in run.iterdir()} >= {"config.json", "history.jsonl", "model.packed", "result.json"}
+    # the size report read back from the packed file alone is the one the run recorded
+    capsys.readouterr()
+    assert inspect.main([str(run / "model.packed"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits"] == json.loads((run / "result.json").read_text())["size"]["bits"]
+    assert inspect.main([str(run / "config.json")]) == 2 and "not a scnn-bench packed model" in capsys.readouterr().err
     # a second invocation retrains nothing
     monkeypatch.setattr("benchmarks.runner._train_and_measure", lambda *a: pytest.fail("retrained a finished run"))
     assert smoke(tmp_path, "--grid", "self_compression.gamma=0.003,0.3") == 0
@@ -92,3 +97,77 @@ def test_grid_expansion_and_run_ids_ignore_device_and_paths():
                            parse_grid_overrides(["self_compression.gamma=0.1,1"]))
     with pytest.raises(ConfigError):
         expand(get_preset("smoke"), ["float"], [0], parse_grid_overrides(["self_compression.gamma=1"]))
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """A run killed in its last epoch (after channel removal) resumes from the epoch checkpoint and ends
+    exactly where an uninterrupted run ends: same history, same packed model, byte for byte."""
+    from benchmarks import train as train_mod
+    from benchmarks.data import make_synthetic
+    from benchmarks.runner import execute
+
+    data = make_synthetic()
+    spec = expand(get_preset("smoke"), ["self_compression"], [0],
+                  parse_grid_overrides(["self_compression.gamma=0.3"]))[0]
+    whole = execute(spec, tmp_path / "a", data=data, progress=False)
+    real_evaluate, calls = train_mod.evaluate, []
+
+    def dying_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == spec.train.epochs:
+            raise KeyboardInterrupt  # the machine goes away during the last epoch, before its checkpoint
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, tmp_path / "b", data=data, progress=False)
+    folder = tmp_path / "b" / "runs" / spec.run_id
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "result.json").exists()
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    resumed = execute(spec, tmp_path / "b", data=data, progress=False)
+
+    def history(out):
+        rows = [json.loads(line) for line in (out / "runs" / spec.run_id / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
+
+    assert resumed["status"] == whole["status"] == "ok"
+    assert whole["size"]["weights_remaining_pct"] < 100  # surgery happened before the interruption
+    a, b = history(tmp_path / "a"), history(tmp_path / "b")
+    assert len(a) == len(b) == spec.train.epochs
+    for ra, rb in zip(a, b):  # same batches, same noise: equal up to float summation order
+        assert rb == {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in ra.items()}
+    assert resumed["size"]["bits"] == whole["size"]["bits"]
+    assert resumed["accuracy"] == pytest.approx(whole["accuracy"], abs=0.5)
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_installed_plugin_package_runs_through_the_grid(tmp_path):
+    """The README's example plugin, pip-installed, is found through the ``scnn_bench.methods`` entry points
+    and runs like a built-in; a second, broken plugin is reported by name and the others still run."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(ROOT / "tests" / "plugin_example")],
+                   check=True, capture_output=True)
+    broken = site / "broken_plugin-0.1.dist-info"  # what pip writes for a package whose import fails
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[scnn_bench.methods]\nbroken = no_such_module:Method\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "SCNN_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "run_all.py", "--preset", "smoke", "--methods", "my_method,float",
+                        "--out", str(tmp_path / "out"), "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "plugin 'broken' (no_such_module:Method) failed to load: ModuleNotFoundError" in p.stderr
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(df.method) == {"my_method", "float"} and (df.status == "ok").all()
+    assert "my_method" in (tmp_path / "out" / "tables.md").read_text()
+    p = subprocess.run([sys.executable, "run_all.py", "--methods", "broken", "--preset", "smoke"], cwd=ROOT,
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "unknown method 'broken' (plugin 'broken'" in p.stderr.splitlines()[-1]
+
+
+def test_parallel_jobs(tmp_path):
+    """--jobs 2 runs grid points in spawned worker processes into the same folders and table."""
+    assert smoke(tmp_path, "--methods", "float,self_compression", "--grid", "self_compression.gamma=0.003,0.3",
+                 "--jobs", "2") == 0
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert len(df) == 3 and (df.status == "ok").all()

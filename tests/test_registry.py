@@ -1,9 +1,5 @@
-from dataclasses import dataclass
-from types import SimpleNamespace
-
 import pytest
 
-import methods.registry as registry
 from methods import ConfigError, Method, UnknownMethodError, available_methods, get_method, register
 
 
@@ -27,33 +23,6 @@ def test_register_rejects_non_methods():
 def test_unknown_name_lists_available():
     with pytest.raises(UnknownMethodError, match="available methods: .*float"):
         get_method("no_such_method")
-
-
-class PluginMethod(Method):
-    @dataclass(frozen=True)
-    class Config:
-        strength: float = 1.0
-
-
-def _fake_entry_points(eps):
-    return lambda group: [e for e in eps if group == registry.ENTRY_POINT_GROUP]
-
-
-def test_entry_point_plugin_and_broken_plugin(monkeypatch):
-    def broken_load():
-        raise ImportError("No module named 'missing_dep'")
-
-    eps = [SimpleNamespace(name="_plugin_ok", value="pkg:PluginMethod", load=lambda: PluginMethod),
-           SimpleNamespace(name="_plugin_broken", value="pkg:Broken", load=broken_load)]
-    monkeypatch.setattr(registry, "entry_points", _fake_entry_points(eps))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
-    names = available_methods()
-    assert "_plugin_ok" in names and "_plugin_broken" not in names
-    assert "missing_dep" in registry.PLUGIN_ERRORS["_plugin_broken"]
-    with pytest.raises(UnknownMethodError, match="failed to load"):
-        get_method("_plugin_broken")
-    m = get_method("_plugin_ok").from_params(strength=2)
-    assert m.config.strength == 2.0
 
 
 def test_config_validation():
