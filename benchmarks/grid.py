@@ -1,6 +1,7 @@
 """Expanding method grids into run specs and running them, one process or several."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -52,12 +53,13 @@ def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict
         keys = sorted(grid)
         for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
             params = dict(zip(keys, combo))
-            make_config(cls.Config, dict(params), name)  # refuses unknown keys and bad values up front
+            method = cls(make_config(cls.Config, dict(params), name))  # refuses unknown keys and bad values
+            full = tuple(sorted(dataclasses.asdict(method.config).items()))  # defaults too: they name the run
             for seed in seeds:
                 tr = replace(preset.method_train, epochs=epochs or preset.method_train.epochs, seed=seed)
                 fl = replace(preset.float_train, seed=seed)
-                specs.append(RunSpec(name, tuple(sorted(params.items())), seed, preset.dataset, preset.model,
-                                     fl if cls.needs_float_model and not cls().phases(1) else tr, fl))
+                specs.append(RunSpec(name, full, seed, preset.dataset, preset.model,
+                                     fl if method.needs_float_model and not method.phases(1) else tr, fl))
     return specs
 
 
@@ -70,7 +72,7 @@ def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | 
         return [execute(s, out, data_dir, device, data=data) for s in specs]
     # one run per float model first, so that the runs reusing it find it in the cache
     warm = list({(s.model, s.dataset, s.float_train): s for s in specs
-                 if get_method(s.method).needs_float_model}.values())
+                 if get_method(s.method).from_params(**dict(s.params)).needs_float_model}.values())
     # spawn, not fork: a forked child inherits torch's thread pools half-initialised and can hang
     threads = max(1, (os.cpu_count() or 1) // jobs)  # share the cores instead of oversubscribing them
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),

@@ -54,7 +54,7 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     for method, part in s.groupby("method"):
         lines += [f"## {method}", ""]
         table = pd.DataFrame({
-            "params": part.params, "model": part.model, "seeds": part.seeds,
+            "params": _varying(part.params), "model": part.model, "seeds": part.seeds,
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
             "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
             "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
@@ -72,3 +72,10 @@ def write_tables(out: str | Path) -> pd.DataFrame:
 
 def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _varying(params: pd.Series) -> list[str]:
+    """The parameters that differ between a method's runs (all of them when there is one run), as k=v."""
+    dicts = [json.loads(p) for p in params]
+    keys = [k for k in dicts[0] if len({json.dumps(d.get(k)) for d in dicts}) > 1] if len(dicts) > 1 else list(dicts[0])
+    return [", ".join(f"{k}={d[k]}" for k in keys) for d in dicts]
