@@ -122,7 +122,8 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
 
     def on_epoch(record: dict) -> None:
         rep = size_report(method.export(model, spec.model))  # measured by the harness, per epoch
-        record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct)
+        record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct,
+                      unique_values=rep.unique_values, entropy_per_weight=rep.entropy_per_weight)
         with open(folder / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
