@@ -42,13 +42,13 @@ def layer_side_bits(layer: LayerCode, n_dead: int) -> int:
     return bits
 
 
-def _entropy(values: torch.Tensor) -> float:
+def entropy(values: torch.Tensor) -> float:
     """Empirical entropy in bits per value."""
     if values.numel() == 0:
         return 0.0
     _, counts = torch.unique(values, return_counts=True)
     p = counts.double() / values.numel()
-    return float(-(p * torch.log2(p)).sum())
+    return float(-(p * torch.log2(p)).sum()) + 0.0  # never -0.0
 
 
 @dataclass
@@ -116,7 +116,7 @@ def size_report(cm: CompressedModel, packed_bytes: int | None = None) -> SizeRep
         code_bits = int(bits_per_weight(layer, cb_bits)[m].sum())
         rows.append(LayerSize(layer.name, layer.scheme, math.prod(layer.full_shape), remaining,
                               int((w != 0).sum()), code_bits, layer_side_bits(layer, int(dead_out[layer.name].sum())),
-                              remaining * _entropy(codes), code_bits / max(1, remaining)))
+                              remaining * entropy(codes), code_bits / max(1, remaining)))
     side = sum(r.side_bits for r in rows) + (32 * len(cm.codebook) if cm.codebook is not None else 0)
     code = sum(r.code_bits for r in rows)
     allw = torch.cat(values) if values else torch.zeros(0)
@@ -125,7 +125,7 @@ def size_report(cm: CompressedModel, packed_bytes: int | None = None) -> SizeRep
     return SizeReport(
         layers=rows, weights_total=total, weights_remaining=remaining, nonzero_weights=int((allw != 0).sum()),
         unique_values=int(torch.unique(allw).numel()), entropy_bits=sum(r.entropy_bits for r in rows),
-        entropy_per_weight=_entropy(allw), entropy_per_weight_nonzero=_entropy(allw[allw != 0]),
+        entropy_per_weight=entropy(allw), entropy_per_weight_nonzero=entropy(allw[allw != 0]),
         code_bits=code, side_bits=side, bits=code + side,
         other_bits=32 * sum(t.numel() for t in cm.others.values()),
         bits_remaining_pct=100.0 * (code + side) / (32 * total), weights_remaining_pct=100.0 * remaining / total,

@@ -1,0 +1,286 @@
+"""The clustering maths of weight fixing on one flat tensor of weights: candidate centres, the greedy
+selection of one fixing round, and the softmin distance regulariser (see ``methods.weight_fixing``).
+
+Everything here is vectorised over the weights and runs on their device. The selection never builds a
+weights × centres matrix (nearest centres come from ``bucketize`` on the midpoints between the sorted
+centres, group sizes from one sort and a segmented cumulative mean), so millions of weights cluster in
+seconds; the regulariser, which does need every (weight, centre) distance, walks the weights in chunks and
+keeps only one derivative per weight for the backward pass. ``python -m methods.wf_cluster`` times the
+ten fixing rounds on random weights.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+K_MIN = -7  # smallest power of two of a centre: gamma_0 = 2^-7; smaller weights go to zero
+GAMMA0 = 2.0 ** K_MIN
+MANTISSA_DEPTH = 10  # further powers of two of a centre reach down to 2^-10 of its leading one
+#: elements of the (weights × centres) block the regulariser holds at once (a few such blocks are alive)
+REG_CHUNK_ELEMENTS = 1 << 22
+
+
+# --- candidate centres ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def apot_magnitudes(terms: int, k_min: int = K_MIN, k_max: int = 0) -> tuple[float, ...]:
+    """Sorted positive sums of at most ``terms`` distinct powers of two (additive powers of two) whose
+    leading power 2^k has k_min <= k <= k_max: 2^k (1 + Σ_{i in S} 2^-i), S ⊆ {1..MANTISSA_DEPTH}, |S| < terms.
+
+    Only the leading power is bounded below by gamma_0: the further terms may be smaller, otherwise the
+    octave [2^-7, 2^-6) would hold no centre but 2^-7 at any order, while it holds many trained weights."""
+    mantissas = {1.0 + math.fsum(2.0 ** -i for i in combo)
+                 for m in range(terms) for combo in itertools.combinations(range(1, MANTISSA_DEPTH + 1), m)}
+    return tuple(sorted(2.0 ** k * f for k in range(k_min, k_max + 1) for f in mantissas))
+
+
+def geometric_grid(delta: float, k_min: int = K_MIN, k_max: int = 0) -> list[float]:
+    """gamma_0 · r^i up to 2^k_max with r = (1 + delta) / (1 - delta): the spacing at which every magnitude
+    in range lies within relative distance delta of a grid point (c / (1 - delta) = c r / (1 + delta))."""
+    r = (1 + delta) / (1 - delta)
+    n = math.floor(math.log(2.0 ** (k_max - k_min)) / math.log(r) + 1e-9)
+    return [2.0 ** k_min * r ** i for i in range(n + 1)]
+
+
+@functools.lru_cache(maxsize=256)
+def centre_values(order: int, delta: float, k_min: int = K_MIN, k_max: int = 0) -> tuple[float, ...]:
+    """The sorted candidate centres of ``order`` for threshold ``delta``.
+
+    Order 0: 0 and ±2^k for k_min <= k <= k_max (independent of delta). Order o >= 1: the centres of order
+    o - 1 plus, for every point of the geometric grid of ``delta``, the sum of at most o + 1 powers of two
+    nearest to it in log distance (ties to the smaller value). Raising the order thus only adds centres,
+    placed where the grid asks for them, so a coarse delta adds few values and a fine one many.
+    """
+    if order < 0:
+        raise ValueError(f"order must be >= 0, got {order}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    if order == 0:
+        mags = {2.0 ** k for k in range(k_min, k_max + 1)}
+    else:
+        mags = {abs(c) for c in centre_values(order - 1, delta, k_min, k_max)} - {0.0}
+        apot = apot_magnitudes(order + 1, k_min, k_max)
+        logs = torch.tensor(apot, dtype=torch.float64).log()
+        grid = torch.tensor(geometric_grid(delta, k_min, k_max), dtype=torch.float64).log()
+        hi = torch.searchsorted(logs, grid).clamp(max=len(apot) - 1)
+        lo = (hi - 1).clamp(min=0)
+        pick = torch.where((grid - logs[lo]) <= (logs[hi] - grid), lo, hi)
+        mags |= {apot[i] for i in pick.tolist()}
+    return tuple(sorted([-m for m in mags] + [0.0] + list(mags)))
+
+
+def centres(order: int, delta: float, k_max: int = 0, device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``centre_values`` as a sorted tensor (exact in float32: a leading power of two and at most four more
+    down to 2^-10 of it span 11 bits)."""
+    return torch.tensor(centre_values(order, delta, K_MIN, k_max), device=device, dtype=dtype)
+
+
+def top_exponent(max_abs: float) -> int:
+    """The k_max at which the largest weight lies in range: 0 (the paper's 2^0 = 1) unless weights exceed 1."""
+    return max(0, math.ceil(math.log2(max_abs))) if max_abs > 0 else 0
+
+
+def delta_at(delta: float, t: int, rounds: int) -> float:
+    """The threshold of round t (1-based): delta_t = max(delta, delta (T - t)), loose early, delta at the end."""
+    return max(delta, delta * (rounds - t))
+
+
+# --- selection -----------------------------------------------------------------------------------------
+
+def nearest(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of each weight's centre and its relative distance |w - c| / |w| (float64), in O(N log C).
+
+    Weights with |w| < gamma_0 belong to the zero centre, whatever is nearest; their distance is reported
+    as |w| / gamma_0 (in [0, 1): the order in which zero takes them, smallest first)."""
+    mids = (c[1:] + c[:-1]) / 2
+    j = torch.bucketize(w, mids)
+    small = w.abs() < GAMMA0
+    zero = int(torch.searchsorted(c, torch.zeros((), dtype=c.dtype, device=c.device)))
+    j = torch.where(small, torch.full_like(j, zero), j)
+    wd = w.double()
+    rel = torch.where(small, wd.abs() / GAMMA0, (wd - c.double()[j]).abs() / wd.abs().clamp(min=GAMMA0))
+    return j, rel
+
+
+def group_prefixes(j: torch.Tensor, rel: torch.Tensor, delta: float, zero: int,
+                   n_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every centre, how many of its nearest weights it can fix: the longest run, by increasing relative
+    distance, whose mean stays <= delta (every weight for the zero centre).
+
+    Returns (perm, rank, capacity): ``perm`` orders the weights by (centre, distance), ``rank`` is each
+    sorted weight's position within its centre's group and ``capacity`` the prefix length per centre.
+    """
+    # one sort on (centre, distance): distances of nearest centres are < 1 (clamped here for safety)
+    perm = torch.argsort(j.double() * 4 + rel.clamp(max=3.5))
+    js, rs = j[perm], rel[perm]
+    counts = torch.bincount(js, minlength=n_centres)
+    starts = torch.cumsum(counts, 0) - counts
+    first = starts[js]
+    rank = torch.arange(len(js), device=js.device) - first
+    csum = torch.cumsum(rs, 0)
+    seg = csum - (csum - rs)[first]  # sum of the group's distances up to and including this weight
+    ok = (seg / (rank + 1) <= delta) | (js == zero)
+    capacity = torch.bincount(js[ok], minlength=n_centres)
+    return perm, rank, capacity
+
+
+@dataclass
+class Selection:
+    """What one fixing round fixes, as positions into the flat vector it was given."""
+
+    index: torch.Tensor  # int64 positions of the weights fixed this round
+    value: torch.Tensor  # their centre values (dtype of the weights)
+    fallback: torch.Tensor  # bool per fixed weight: fixed to its nearest centre regardless of delta
+    order: int  # the order in effect after the round
+
+
+def select(w: torch.Tensor, need: int, delta: float, order: int, max_order: int, k_max: int = 0) -> Selection:
+    """Fix exactly ``need`` of the weights ``w`` (flat, all unfixed) greedily at threshold ``delta``.
+
+    Each weight belongs to its nearest centre; a centre can take the longest run of its weights, by
+    increasing relative distance, whose mean relative distance stays <= delta (``group_prefixes``). Centres
+    take their groups largest first until ``need`` is met (the last one its closest weights only). A
+    centre's leftovers are all farther than delta, so it can take nothing more at this order: when all
+    groups are taken and weights are still needed, the order rises (new centres split the leftovers up);
+    past ``max_order`` the closest remaining weights are fixed to their nearest centre (the fallback),
+    so that the round's share is met exactly.
+    """
+    n = w.numel()
+    if not 0 <= need <= n:
+        raise ValueError(f"cannot fix {need} of {n} weights")
+    dev = w.device
+    free = torch.ones(n, dtype=torch.bool, device=dev)
+    idx_parts: list[torch.Tensor] = []
+    val_parts: list[torch.Tensor] = []
+    fb_parts: list[torch.Tensor] = []
+    while need > 0:
+        c = centres(order, delta, k_max, dev, w.dtype)
+        pos = torch.nonzero(free).squeeze(1)
+        j, rel = nearest(w[pos], c)
+        zero = int(torch.searchsorted(c, torch.zeros((), dtype=c.dtype, device=dev)))
+        perm, rank, cap = group_prefixes(j, rel, delta, zero, len(c))
+        if int(cap.sum()) == 0:
+            if order < max_order:
+                order += 1
+                continue
+            take = torch.argsort(rel, stable=True)[:need]  # fallback: closest first, threshold ignored
+            idx_parts.append(pos[take])
+            val_parts.append(c[j[take]])
+            fb_parts.append(torch.ones(need, dtype=torch.bool, device=dev))
+            log.debug("fallback: %d weights fixed beyond delta=%.4g at order %d", need, delta, order)
+            break
+        by_size = torch.argsort(cap, descending=True, stable=True)
+        before = torch.cumsum(cap[by_size], 0) - cap[by_size]
+        quota = torch.zeros_like(cap)
+        quota[by_size] = (need - before).clamp(min=0).minimum(cap[by_size])
+        chosen = perm[rank < quota[j[perm]]]
+        idx_parts.append(pos[chosen])
+        val_parts.append(c[j[chosen]])
+        fb_parts.append(torch.zeros(len(chosen), dtype=torch.bool, device=dev))
+        free[pos[chosen]] = False
+        need -= len(chosen)
+        if need > 0 and order < max_order:
+            order += 1  # every group is taken; what a centre left is farther than delta from it
+    if not idx_parts:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return Selection(empty, w.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=dev), order)
+    return Selection(torch.cat(idx_parts), torch.cat(val_parts), torch.cat(fb_parts), order)
+
+
+# --- regulariser ---------------------------------------------------------------------------------------
+
+def softmin_distance_terms(w: torch.Tensor, c: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per weight g = Σ_j softmin_j(D_j / tau) D_j with D_j = |w - c_j| / max(|w|, gamma_0), and dg/dw.
+
+    The floor gamma_0 on the denominator (our choice; the paper divides by |w|) keeps the pull on tiny
+    weights bounded and points it at zero, where the selection sends every |w| < gamma_0 anyway; for
+    |w| >= gamma_0 it is the issue's D. Derivative: with s = softmin weights and E the mean under s,
+    dg/dw = E[D'] - (E[D D'] - E[D] E[D']) / tau, D'_j = (sign(w - c_j) - D_j m') / m, m = max(|w|, gamma_0).
+    """
+    m = w.abs().clamp(min=GAMMA0)
+    dm = torch.where(w.abs() > GAMMA0, torch.sign(w), torch.zeros_like(w))
+    diff = w[:, None] - c[None, :]
+    d = diff.abs() / m[:, None]
+    s = torch.softmax(-d / tau, dim=1)
+    dd = (torch.sign(diff) - d * dm[:, None]) / m[:, None]
+    e_d = (s * d).sum(1)
+    e_dd = (s * dd).sum(1)
+    e_d_dd = (s * d * dd).sum(1)
+    return e_d, e_dd - (e_d_dd - e_d * e_dd) / tau
+
+
+class _SoftminDistance(torch.autograd.Function):
+    """mean_i g(w_i) in chunks of weights; the backward pass needs only the saved dg/dw per weight, so the
+    memory is O(N + chunk × C) instead of autograd's several N × C tensors."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, c: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        n = w.numel()
+        chunk = max(1, REG_CHUNK_ELEMENTS // max(1, c.numel()))
+        total = torch.zeros((), dtype=torch.float64, device=w.device)
+        deriv = torch.empty_like(w)
+        for s in range(0, n, chunk):
+            g, dg = softmin_distance_terms(w[s:s + chunk], c, tau)
+            total += g.sum(dtype=torch.float64)
+            deriv[s:s + chunk] = dg
+        ctx.save_for_backward(deriv)
+        ctx.n = n
+        return (total / max(1, n)).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (deriv,) = ctx.saved_tensors
+        return grad_out * deriv / max(1, ctx.n), None, None
+
+
+def softmin_distance(w: torch.Tensor, c: torch.Tensor, tau: float) -> torch.Tensor:
+    """L_reg = mean_i Σ_j softmin_j(D_ij / tau) D_ij over the flat weights ``w`` (differentiable in w)."""
+    return _SoftminDistance.apply(w, c, tau)
+
+
+def _time_clustering(n: int, device: str, delta: float, max_order: int = 4) -> None:
+    """Time the ten fixing rounds of ``weight_fixing`` on n random N(0, 0.02) weights (no retraining)."""
+    from methods.weight_fixing import SHARES
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(n, generator=g) * 0.02).to(device)
+    unfixed = torch.arange(n, device=device)
+    order, fixed, total = 0, 0, 0.0
+    for t, share in enumerate(SHARES, start=1):
+        d = delta_at(delta, t, len(SHARES))
+        need = round(share * n) - fixed
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sel = select(w[unfixed], need, d, order, max_order)
+        keep = torch.ones(len(unfixed), dtype=torch.bool, device=device)
+        keep[sel.index] = False
+        unfixed = unfixed[keep]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        total += dt
+        order, fixed = sel.order, fixed + need
+        log.info("round %d: %d weights, fixed %d (%.2f%%) at delta_t=%.4g in %.2f s; order %d, %d by fallback",
+                 t, n, need, 100 * share, d, dt, order, int(sel.fallback.sum()))
+    log.info("all ten rounds: %.2f s on %s", total, device)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap = argparse.ArgumentParser(description=_time_clustering.__doc__)
+    ap.add_argument("--n", type=int, default=6_500_000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--delta", type=float, default=0.01)
+    a = ap.parse_args()
+    _time_clustering(a.n, a.device, a.delta)
