@@ -63,11 +63,38 @@ def write_tables(out: str | Path) -> pd.DataFrame:
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
         }).sort_values("bits remaining %")
         lines += [table.to_markdown(index=False), ""]
+    near = near_float(s)
+    if not near.empty:
+        lines += ["## Smallest size within 1 point of the float baseline", "",
+                  "Per method and net, the fewest bits and the fewest weights remaining among grid points whose "
+                  "mean accuracy is at least the float model's minus 1 point.", "",
+                  near.to_markdown(index=False, floatfmt=".2f"), ""]
     failed = df[df.status != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]
     (out / "tables.md").write_text("\n".join(lines))
     return df
+
+
+def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
+    """For every compression method, the smallest bits and weights remaining (%) whose mean accuracy stays
+    within ``points`` of the float baseline on the same net and data."""
+    rows = []
+    for (model, dataset), part in s.groupby(["model", "dataset"]):
+        base = part[part.method == "float"]
+        if base.empty:
+            continue
+        ref = float(base.accuracy_mean.iloc[0])
+        for method, m in part[part.method != "float"].groupby("method"):
+            ok = m[m.accuracy_mean >= ref - points]
+            bits = ok.loc[ok.bits_remaining_pct_mean.idxmin()] if not ok.empty else None
+            weights = ok.loc[ok.weights_remaining_pct_mean.idxmin()] if not ok.empty else None
+            rows.append({"method": method, "model": model, "float accuracy %": ref,
+                         "fewest bits %": None if bits is None else bits.bits_remaining_pct_mean,
+                         "accuracy there %": None if bits is None else bits.accuracy_mean,
+                         "fewest weights %": None if weights is None else weights.weights_remaining_pct_mean,
+                         "accuracy at fewest weights %": None if weights is None else weights.accuracy_mean})
+    return pd.DataFrame(rows)
 
 
 def _pm(mean: float, std: float, digits: int) -> str:

@@ -174,3 +174,13 @@ def test_parallel_jobs(tmp_path):
                  "--jobs", "2") == 0
     df = pd.read_csv(tmp_path / "results.csv")
     assert len(df) == 3 and (df.status == "ok").all()
+
+
+def test_near_float_picks_the_smallest_sizes_within_one_point():
+    from benchmarks.report import near_float
+
+    s = pd.DataFrame({"method": ["float", "m", "m", "m"], "model": ["n"] * 4, "dataset": ["d"] * 4,
+                      "accuracy_mean": [90.0, 89.5, 88.9, 89.2], "bits_remaining_pct_mean": [100.0, 10.0, 2.0, 5.0],
+                      "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0]})
+    r = near_float(s).iloc[0]  # the 88.9% point is more than a point below float: excluded
+    assert (r["fewest bits %"], r["accuracy there %"], r["fewest weights %"]) == (5.0, 89.2, 50.0)
