@@ -62,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [_int(s, "--seeds") for s in args.seeds.split(",")]
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-        specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs)
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        device = pick_device(args.device)
+        # methods named on the command line must work; of all registered ones, broken plugins are skipped
+        specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs,
+                       strict=bool(args.methods))
         out = Path(args.out)
         _check_writable(out)
         # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
         # so the parent keeps it on the CPU (no CUDA context before forking)
-        data = load_dataset(preset.dataset, args.data_dir, pick_device(args.device) if args.jobs <= 1 else "cpu")
+        data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 else "cpu")
     except (ConfigError, UnknownMethodError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -14,9 +16,11 @@ import torch
 
 from benchmarks.data import Dataset
 from benchmarks.presets import Preset
-from benchmarks.runner import RunSpec, execute
+from benchmarks.runner import RunSpec, execute, record_failure
 from methods import ConfigError, get_method
 from methods.base import make_config
+
+log = logging.getLogger(__name__)
 
 
 def parse_value(text: str) -> Any:
@@ -40,26 +44,42 @@ def parse_grid_overrides(items: Iterable[str]) -> dict[str, dict[str, list[Any]]
 
 
 def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict[str, dict[str, list[Any]]],
-           epochs: int | None = None) -> list[RunSpec]:
-    """Every (method, parameter combination, seed) of the grid, validated before anything trains."""
+           epochs: int | None = None, strict: bool = True) -> list[RunSpec]:
+    """Every (method, parameter combination, seed) of the grid, validated before anything trains, each run
+    once. A method whose class breaks while its grid is built (a buggy plugin) is an error when ``strict``,
+    else it is logged and skipped."""
     for m in overrides:
         if m not in methods:
             raise ConfigError(f"--grid names method {m!r}, which is not among the methods run ({', '.join(methods)})")
-    specs = []
+    specs: dict[str, RunSpec] = {}
     for name in methods:
         cls = get_method(name)
-        grid = dict(cls.default_grid.get(preset.name, {}))
-        grid.update(overrides.get(name, {}))
-        keys = sorted(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-            params = dict(zip(keys, combo))
-            method = cls(make_config(cls.Config, dict(params), name))  # refuses unknown keys and bad values
-            full = tuple(sorted(dataclasses.asdict(method.config).items()))  # defaults too: they name the run
-            for seed in seeds:
-                tr = replace(preset.method_train, epochs=epochs or preset.method_train.epochs, seed=seed)
-                fl = replace(preset.float_train, seed=seed)
-                specs.append(RunSpec(name, full, seed, preset.dataset, preset.model,
-                                     fl if method.needs_float_model and not method.phases(1) else tr, fl))
+        try:
+            for spec in _method_specs(preset, name, cls, seeds, overrides.get(name, {}), epochs):
+                specs.setdefault(spec.run_id, spec)
+        except ConfigError:
+            raise
+        except Exception as e:
+            msg = f"method {name!r} ({cls.__module__}) is broken: {type(e).__name__}: {e}; fix or uninstall it"
+            if strict:
+                raise ConfigError(msg) from None
+            log.error("%s (skipped; the other methods still run)", msg)
+    return list(specs.values())
+
+
+def _method_specs(preset: Preset, name: str, cls: type, seeds: list[int], overrides: dict[str, list[Any]],
+                  epochs: int | None) -> list[RunSpec]:
+    grid = {**cls.default_grid.get(preset.name, {}), **overrides}
+    keys = sorted(grid)
+    specs = []
+    for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        method = cls(make_config(cls.Config, dict(zip(keys, combo)), name))  # refuses unknown keys, bad values
+        full = tuple(sorted(dataclasses.asdict(method.config).items()))  # defaults too: they name the run
+        for seed in seeds:
+            tr = replace(preset.method_train, epochs=epochs or preset.method_train.epochs, seed=seed)
+            fl = replace(preset.float_train, seed=seed)
+            specs.append(RunSpec(name, full, seed, preset.dataset, preset.model,
+                                 fl if method.needs_float_model and not method.phases(1) else tr, fl))
     return specs
 
 
@@ -73,11 +93,32 @@ def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | 
     # one run per float model first, so that the runs reusing it find it in the cache
     warm = list({(s.model, s.dataset, s.float_train): s for s in specs
                  if get_method(s.method).from_params(**dict(s.params)).needs_float_model}.values())
-    # spawn, not fork: a forked child inherits torch's thread pools half-initialised and can hang
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # share the cores instead of oversubscribing them
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        list(pool.map(execute, warm, [out] * len(warm), [data_dir] * len(warm), [device] * len(warm),
-                      [None] * len(warm), [False] * len(warm)))
-        return list(pool.map(execute, specs, [out] * len(specs), [data_dir] * len(specs), [device] * len(specs),
-                              [None] * len(specs), [False] * len(specs)))
+    _in_pool(warm, out, data_dir, device, jobs)
+    return _in_pool(specs, out, data_dir, device, jobs)
+
+
+def _in_pool(specs: list[RunSpec], out: str, data_dir: str | None, device: str | None, jobs: int) -> list[dict]:
+    """Run specs in spawned workers. A worker that dies (killed for memory, a crash in native code) breaks
+    the pool: the runs it took down are retried one at a time, where the run that breaks the pool again is
+    recorded as failed, so the rest of the grid still runs."""
+    results: dict[str, dict] = {}
+    pending, workers = list(specs), jobs
+    while pending:
+        # spawn, not fork: a forked child inherits torch's thread pools half-initialised and can hang
+        threads = max(1, (os.cpu_count() or 1) // workers)  # share the cores instead of oversubscribing them
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = [(pool.submit(execute, s, out, data_dir, device, None, False), s) for s in pending]
+            broken = []
+            for f, s in futures:
+                try:
+                    results[s.run_id] = f.result()
+                except BrokenProcessPool:
+                    broken.append(s)
+        if broken and workers == 1:  # one worker takes runs in order: the first broken one killed it
+            culprit = broken.pop(0)
+            results[culprit.run_id] = record_failure(culprit, out, "its worker process died (out of memory? a "
+                                                                   "crash in native code?); rerun to retry")
+        workers = 1 if broken else workers
+        pending = broken
+    return [results[s.run_id] for s in specs]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "accuracy", "bits_remaining_pct",
+COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
            "packed_bytes", "train_seconds", "status", "error"]
 
@@ -23,6 +23,7 @@ def collect(out: str | Path) -> pd.DataFrame:
             "run_id": r.get("run_id", f.parent.name), "method": spec.get("method"),
             "params": json.dumps(spec.get("params", {}), sort_keys=True), "seed": spec.get("seed"),
             "model": f"{model.get('name')}x{model.get('width')}", "dataset": spec.get("dataset"),
+            "epochs": spec.get("train", {}).get("epochs"),
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r.get("status"),
             "error": r.get("error", ""),
             **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
@@ -32,9 +33,9 @@ def collect(out: str | Path) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (method, params, model, dataset), finished runs only."""
+    """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"]
-    keys = ["method", "params", "model", "dataset"]
+    keys = ["method", "params", "model", "dataset", "epochs"]
     vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits", "packed_bytes"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
@@ -54,7 +55,7 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     for method, part in s.groupby("method"):
         lines += [f"## {method}", ""]
         table = pd.DataFrame({
-            "params": _varying(part.params), "model": part.model, "seeds": part.seeds,
+            "params": _varying(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
             "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
             "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,

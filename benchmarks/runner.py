@@ -97,10 +97,22 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
         result = _train_and_measure(spec, folder, data, Path(out) / "cache", progress)
         result["status"] = "ok"
     except Exception as e:  # recorded, never fatal to the grid
-        log.error("run %s (%s %s) failed: %s", spec.run_id, spec.method, dict(spec.params), e)
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        return record_failure(spec, out, f"{type(e).__name__}: {e}", traceback.format_exc(), env,
+                              time.perf_counter() - t0)
     result.update(run_id=spec.run_id, wall_seconds=time.perf_counter() - t0, spec=spec.as_dict(),
                   environment=env)
+    write_json(folder / "result.json", result)
+    return result
+
+
+def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str = "",
+                   env: dict[str, str] | None = None, wall_seconds: float = 0.0) -> dict:
+    """Write a failed run's ``result.json`` (the grid goes on; the next invocation retries it)."""
+    log.error("run %s (%s %s) failed: %s", spec.run_id, spec.method, dict(spec.params), error)
+    folder = Path(out) / "runs" / spec.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {"status": "failed", "error": error, "traceback": trace, "run_id": spec.run_id,
+              "wall_seconds": wall_seconds, "spec": spec.as_dict(), "environment": env or environment()}
     write_json(folder / "result.json", result)
     return result
 

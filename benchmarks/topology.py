@@ -94,7 +94,9 @@ def slice_param_(p: torch.Tensor, dim: int, keep: torch.Tensor,
     state (momentum, Adam moments) shrink.
     """
     old = p.shape[dim]
-    p.data = p.data.index_select(dim, keep.to(p.device)).contiguous()
+    fmt = (torch.channels_last if p.dim() == 4 and not p.is_contiguous()
+           and p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    p.data = p.data.index_select(dim, keep.to(p.device)).contiguous(memory_format=fmt)  # keep the layout
     p.grad = None
     for opt in optimizers:
         state = opt.state.get(p, {})

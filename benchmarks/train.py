@@ -42,9 +42,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The training device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not name or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use --device auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                         f"use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use --device auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -196,8 +206,13 @@ def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
     """(epochs done, training seconds spent) of a checkpoint, (0, 0) when there is none."""
     if not Path(path).is_file():
         return 0, 0.0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["epoch_index"], state["elapsed"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return state["epoch_index"], state["elapsed"]
+    except Exception as e:  # unreadable (torn write, older code): start the run afresh
+        log.warning("ignoring checkpoint %s (%s: %s); the run starts afresh", path, type(e).__name__, e)
+        Path(path).unlink()
+        return 0, 0.0
 
 
 def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
@@ -205,8 +220,8 @@ def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
     with the training seconds already spent; a run without a checkpoint starts an empty history."""
     done, elapsed = checkpoint_progress(checkpoint)
     records = []
-    if done and history.is_file():
-        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()][:done]
+    if done and history.is_file():  # a line torn by the interruption lies after the checkpoint's epochs
+        records = [json.loads(line) for line in history.read_text().splitlines()[:done]]
     history.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records, elapsed
 
@@ -215,10 +230,15 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, g
     if not Path(path).is_file():
         return None
     device = next(model.parameters()).device
-    state = torch.load(path, map_location=device, weights_only=False)
-    fit_shapes_(model, state["model"])
-    model.load_state_dict(state["model"])
-    method.load_state_dict(state["method"])
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        fit_shapes_(model, state["model"])
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+    except Exception as e:  # written by other code: never half-resume; the next attempt starts afresh
+        Path(path).unlink()
+        raise RuntimeError(f"checkpoint {path} does not fit this code ({type(e).__name__}: {e}); removed it, "
+                           f"rerun to start this run afresh") from None
     rng = state["rng"]
     gen.set_state(rng["gen"].cpu())
     torch.set_rng_state(rng["torch"].cpu())

@@ -69,6 +69,9 @@ def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     (["--grid", "self_compression.gamma=big"], "must be a number"),
     (["--grid", "gamma=1"], "bad --grid"),
     (["--preset", "cpu", "--data-dir", "/nonexistent/folder"], "CIFAR-10 not found"),
+    (["--preset", "smoke", "--device", "gpu"], "unknown device 'gpu'"),
+    (["--preset", "smoke", "--device", "cuda:7"], "device 'cuda:7' is not available here"),
+    (["--preset", "smoke", "--jobs", "0"], "--jobs must be at least 1"),
 ])
 def test_bad_input_one_line_exit_2(args, message, tmp_path):
     p = subprocess.run([sys.executable, "run_all.py", "--out", str(tmp_path), *args], cwd=ROOT,
@@ -78,10 +81,29 @@ def test_bad_input_one_line_exit_2(args, message, tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_unwritable_output_folder(tmp_path):
+def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert smoke(blocker / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not writable" in err[0] and "pass --out" in err[0]
+
+
+class BrokenConfigMethod(Method):
+    """Imports fine, breaks when its grid is built (its Config is not a dataclass)."""
+
+    class Config:
+        def __init__(self, **kw):
+            raise TypeError("Config() is broken")
+
+
+def test_plugin_broken_beyond_import_is_skipped_unless_named():
+    register("_broken_cfg")(BrokenConfigMethod)
+    specs = expand(get_preset("smoke"), ["_broken_cfg", "float"], [0], {}, strict=False)
+    assert [s.method for s in specs] == ["float"]
+    with pytest.raises(ConfigError, match="method .{1}_broken_cfg.{1} .* is broken: TypeError"):
+        expand(get_preset("smoke"), ["_broken_cfg", "float"], [0], {})
+    assert len(expand(get_preset("smoke"), ["float"], [0, 0], {})) == 1  # a run is never queued twice
 
 
 def test_list_methods(capsys):
@@ -101,6 +123,7 @@ def test_grid_expansion_and_run_ids_ignore_device_and_paths():
 
 # die_at counts evaluations, the float model's 3 epochs included for weight fixing; done: epochs checkpointed
 @pytest.mark.parametrize("grid, die_at, done", [("self_compression.gamma=0.3", 3, 2),  # after channel removal
+                                                ("diffq.lam=1.0", 2, 1),  # noise drawn from the global RNG
                                                 ("weight_fixing.delta=0.05", 7, 3)])  # mid-way through the rounds
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid, die_at, done):
     """A run killed during an epoch resumes from the last epoch checkpoint and ends where an uninterrupted
@@ -135,8 +158,8 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid
     assert resumed["status"] == whole["status"] == "ok"
     a, b = history(tmp_path / "a"), history(tmp_path / "b")
     assert len(a) == len(b) > done
-    saved = a[done - 1]  # the epoch the checkpoint holds: channels already removed / weights already fixed
-    assert saved["weights_remaining_pct"] < 100 or saved.get("share_fixed", 0) > 0
+    saved = a[done - 1]  # the epoch the checkpoint holds: already compressed / weights already fixed
+    assert saved["bits_remaining_pct"] < 100 or saved.get("share_fixed", 0) > 0
     for ra, rb in zip(a, b):  # same batches, same noise: equal up to float summation order
         assert rb == {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in ra.items()}
     assert resumed["size"]["bits"] == whole["size"]["bits"]

@@ -1,5 +1,6 @@
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from benchmarks.data import make_synthetic
@@ -77,10 +78,11 @@ def test_loop_calls_every_hook_and_copes_with_shrinking_parameters():
     assert [h["phase"] for h in hist] == [0, 1] and "gain_sum" in hist[0]
 
 
-def test_float_model_cache_reuses_training(tmp_path):
+def test_float_model_cache_reuses_training(tmp_path, monkeypatch):
     data = make_synthetic(n_train=256, n_test=64)
     spec = ModelSpec("tinycnn")
     m1, meta1 = float_model(spec, data, CFG, tmp_path, progress=False)
+    monkeypatch.setattr("benchmarks.train.train", lambda *a, **k: pytest.fail("retrained a cached float model"))
     m2, meta2 = float_model(spec, data, CFG, tmp_path, progress=False)
     assert len(list(tmp_path.glob("float-*.pt"))) == 1 and meta1["key"] == meta2["key"]
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
