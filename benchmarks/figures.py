@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.report import summary, write_tables  # noqa: E402
@@ -34,6 +35,13 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> None:
     plt.close(fig)
 
 
+def _log_axis(axis: matplotlib.axis.Axis) -> None:
+    """A log scale labelled with plain numbers (1, 2, 5, 10, 20, 50, ...) rather than powers of ten."""
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+
 def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     x = f"{axis}_remaining_pct"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -41,11 +49,11 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
         if method == "float":
             ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
             continue
-        ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
-                    yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6, label=f"{method} ({model})")
+        bars = ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
+                           yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6, label=f"{method} ({model})")
         front = pareto(part.rename(columns={f"{x}_mean": "x", "accuracy_mean": "y"}), "x", "y")
-        ax.plot(front.x, front.y, "-", color=ax.lines[-1].get_color() if ax.lines else None)
-    ax.set_xscale("log")
+        ax.plot(front.x, front.y, "-", color=bars[0].get_color())
+    _log_axis(ax.xaxis)
     ax.set_xlabel(f"{axis} remaining (%)")
     ax.set_ylabel("test accuracy of the exported model (%)")
     ax.grid(True, which="both", alpha=0.3)
@@ -64,7 +72,7 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
         curves.append((r["spec"]["params"].get("gamma"), r["spec"]["seed"], pd.DataFrame(hist)))
     if not curves:
         return False
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for gamma, seed, h in sorted(curves, key=lambda c: (c[0], c[1])):
         a1.plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
         a2.plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
@@ -72,7 +80,7 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
     a2.set_ylabel("weights remaining (%), exported model")
     for a in (a1, a2):
         a.set_xlabel("epoch")
-        a.set_yscale("log")
+        _log_axis(a.yaxis)
         a.grid(True, which="both", alpha=0.3)
     a2.legend(fontsize=7)
     _save(fig, folder, "self_compression_training")
