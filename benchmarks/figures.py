@@ -61,19 +61,45 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     _save(fig, folder, f"accuracy_vs_{axis}")
 
 
-def training_curve_figure(out: Path, folder: Path) -> bool:
-    """Bits and weights remaining over training for self-compression runs (the paper's training curve)."""
+def _histories(out: Path, method: str, knob: str) -> list[tuple]:
+    """(knob value, seed, history DataFrame) of every finished run of ``method``."""
     curves = []
     for f in sorted(out.glob("runs/*/result.json")):
         r = json.loads(f.read_text())
-        if r.get("status") != "ok" or r["spec"]["method"] != "self_compression":
+        if r.get("status") != "ok" or r["spec"]["method"] != method:
             continue
         hist = [json.loads(line) for line in (f.parent / "history.jsonl").read_text().splitlines() if line.strip()]
-        curves.append((r["spec"]["params"].get("gamma"), r["spec"]["seed"], pd.DataFrame(hist)))
+        curves.append((r["spec"]["params"].get(knob), r["spec"]["seed"], pd.DataFrame(hist)))
+    return sorted(curves, key=lambda c: (c[0], c[1]))
+
+
+def weight_fixing_figure(out: Path, folder: Path) -> bool:
+    """Per fixing round: unique fixed values and test accuracy of each weight-fixing run."""
+    curves = _histories(out, "weight_fixing", "delta")
     if not curves:
         return False
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for gamma, seed, h in sorted(curves, key=lambda c: (c[0], c[1])):
+    for delta, seed, h in curves:
+        last = h.groupby("round").tail(1)  # the end of each round's retraining
+        a1.plot(100 * last.share_fixed, last.unique_fixed, "o-", ms=3, label=f"δ={delta} s{seed}")
+        a2.plot(100 * last.share_fixed, last.test_acc, "o-", ms=3, label=f"δ={delta} s{seed}")
+    a1.set_ylabel("unique values among fixed weights")
+    a2.set_ylabel("test accuracy (%)")
+    for a in (a1, a2):
+        a.set_xlabel("weights fixed (%)")
+        a.grid(True, alpha=0.3)
+    a2.legend(fontsize=7)
+    _save(fig, folder, "weight_fixing_rounds")
+    return True
+
+
+def training_curve_figure(out: Path, folder: Path) -> bool:
+    """Bits and weights remaining over training for self-compression runs (the paper's training curve)."""
+    curves = _histories(out, "self_compression", "gamma")
+    if not curves:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for gamma, seed, h in curves:
         a1.plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
         a2.plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
     a1.set_ylabel("bits remaining (%), exported model")
@@ -98,6 +124,7 @@ def build_all(out: str | Path) -> list[Path]:
         accuracy_figure(s, "bits", folder)
         accuracy_figure(s, "weights", folder)
     training_curve_figure(out, folder)
+    weight_fixing_figure(out, folder)
     return sorted(folder.glob("*"))
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
-           "packed_bytes", "train_seconds", "status", "error"]
+           "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes", "train_seconds", "status", "error"]
 
 
 def collect(out: str | Path) -> pd.DataFrame:
@@ -27,7 +27,8 @@ def collect(out: str | Path) -> pd.DataFrame:
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r.get("status"),
             "error": r.get("error", ""),
             **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
-                                        "weights_total", "unique_values", "entropy_bits", "packed_bytes")},
+                                        "weights_total", "unique_values", "entropy_bits", "entropy_per_weight",
+                                        "entropy_per_weight_nonzero", "packed_bytes")},
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -36,7 +37,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"]
     keys = ["method", "params", "model", "dataset", "epochs"]
-    vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits", "packed_bytes"]
+    vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits",
+            "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
     g = ok.groupby(keys)
@@ -61,6 +63,8 @@ def write_tables(out: str | Path) -> pd.DataFrame:
             "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
                                                                   part.weights_remaining_pct_std)],
             "unique values": part.unique_values_mean.round(0).astype(int),
+            "entropy bits/weight (without 0)": [f"{a:.2f} ({b:.2f})" for a, b in zip(part.entropy_per_weight_mean,
+                                                                                    part.entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
         }).sort_values("bits remaining %")
         lines += [table.to_markdown(index=False), ""]

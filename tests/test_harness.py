@@ -26,7 +26,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     df = pd.read_csv(tmp_path / "results.csv")
     assert set(df.method) >= {"float", "self_compression"} and (df.status == "ok").all()
     assert df.loc[df.method == "float", "bits_remaining_pct"].iloc[0] == 100.0
-    for name in ("accuracy_vs_bits", "accuracy_vs_weights", "self_compression_training"):
+    for name in ("accuracy_vs_bits", "accuracy_vs_weights", "self_compression_training", "weight_fixing_rounds"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 0
     run = next(p for p in (tmp_path / "runs").iterdir() if json.loads((p / "config.json").read_text())["method"] != "float")
