@@ -103,7 +103,8 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
 
     ``on_epoch`` receives each epoch's history record. Raises ``NonFiniteLoss`` on a NaN/inf loss.
     With ``checkpoint``, the whole training state is saved there after every epoch, and a run that finds
-    one resumes after its last epoch exactly as if it had never stopped (same batches, same noise).
+    one resumes after its last epoch as if it had never stopped: the same batches and the same noise, equal
+    up to the order of float summations.
     """
     gen = seed_everything(cfg.seed)
     device = data.train.images.device
