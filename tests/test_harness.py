@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,10 +171,10 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid
 def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     """The README's example plugin, pip-installed, is found through the ``scnn_bench.methods`` entry points
     and runs like a built-in; a second, broken plugin is reported by name and the others still run."""
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "plugin_example"
+    shutil.copytree(ROOT / "tests" / "plugin_example", source)  # pip builds in the source folder: not ours
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(ROOT / "tests" / "plugin_example")],
-                   check=True, capture_output=True)
+                    "--no-index", "--target", str(site), str(source)], check=True, capture_output=True)
     broken = site / "broken_plugin-0.1.dist-info"  # what pip writes for a package whose import fails
     broken.mkdir()
     (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
