@@ -1,26 +1,35 @@
 #!/usr/bin/env python
 """Train every registered method over its parameter grid and write tables and figures.
 
-    python run_all.py                       # preset `paper` on a GPU, `cpu` otherwise
+    python run_all.py                       # preset `paper` on a GPU, `cpu` otherwise, into results/<preset>/
     python run_all.py --preset smoke        # synthetic data, every method, in about 15 s
     python run_all.py --methods float,self_compression --grid self_compression.gamma=0.01,0.1
+    python run_all.py --describe self_compression   # its parameters, defaults and default grids
+
+Finished runs in the output folder are reused (the log says how many); --rerun trains them again, and
+`python -m benchmarks.compare REF OUT` compares a reproduction with stored reference results.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from benchmarks.data import DataError, load_dataset
 from benchmarks.figures import build_all
-from benchmarks.grid import expand, parse_grid_overrides, run_all
+from benchmarks.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
 from benchmarks.presets import PRESETS, get_preset
-from benchmarks.train import pick_device
-from methods import ConfigError, UnknownMethodError, available_methods
+from benchmarks.rundir import read_result
+from benchmarks.runner import forget
+from benchmarks.train import float_cache_path, pick_device
+from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
 
 log = logging.getLogger("run_all")
@@ -37,9 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=["cifar10", "synthetic"], help="override the preset's data set")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--out", default="results", help="results folder (default: results/)")
+    p.add_argument("--out", help="results folder (default: results/<preset>/)")
+    p.add_argument("--rerun", action="store_true",
+                   help="train finished runs (and the float models they start from) again instead of reusing them")
     p.add_argument("--jobs", type=int, default=1, help="grid points run in parallel processes (default: 1)")
     p.add_argument("--list-methods", action="store_true", help="print the registered method names and exit")
+    p.add_argument("--verbose", action="store_true", help="with --list-methods: each method's parameters and grids")
+    p.add_argument("--describe", metavar="METHOD", help="print one method's parameters, defaults and grids and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p.parse_args(argv)
 
@@ -47,45 +60,94 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.list_methods:
-        print("\n".join(available_methods()))
-        return 0
     try:
-        preset_name = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
-        try:
-            preset = get_preset(preset_name)
-        except KeyError as e:
-            raise ConfigError(str(e.args[0])) from None
-        if args.dataset:
-            preset = replace(preset, dataset=args.dataset)
-        methods = args.methods.split(",") if args.methods else available_methods()
-        seeds = [_int(s, "--seeds") for s in args.seeds.split(",")]
-        if args.epochs is not None and args.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-        if args.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-        device = pick_device(args.device)
-        # methods named on the command line must work; of all registered ones, broken plugins are skipped
-        specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs,
-                       strict=bool(args.methods))
-        out = Path(args.out)
-        _check_writable(out)
-        # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
-        # so the parent keeps it on the CPU (no CUDA context before forking)
-        data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 else "cpu")
+        if args.list_methods or args.describe:
+            names = [args.describe] if args.describe else available_methods()
+            print("\n\n".join(describe(n) if args.describe or args.verbose else n for n in names))
+            return 0
+        return _run(args)
     except (ConfigError, UnknownMethodError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    preset_name = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
+    try:
+        preset = get_preset(preset_name)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    if args.dataset:
+        preset = replace(preset, dataset=args.dataset)
+    methods = args.methods.split(",") if args.methods else available_methods()
+    seeds = [_int(s, "--seeds") for s in args.seeds.split(",")]
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > (os.cpu_count() or 1):
+        log.warning("--jobs %d is more than the %d cores here: runs will compete for them", args.jobs, os.cpu_count())
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; name a results folder (default: results/<preset>)")
+    device = pick_device(args.device)
+    # methods named on the command line must work; of all registered ones, broken plugins are skipped
+    specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods))
+    out = Path(args.out if args.out is not None else f"results/{preset.name}")
+    _check_writable(out)
+    # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
+    # so the parent keeps it on the CPU (no CUDA context before forking)
+    data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 else "cpu")
+    specs = bind_data(specs, data)
     for name, err in PLUGIN_ERRORS.items():
         log.error("%s (skipped; the other methods still run)", err)
-    log.info("preset %s: %d runs into %s", preset.name, len(specs), out)
-    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs,
-                      data if args.jobs <= 1 else None)
+    if args.rerun:
+        _forget(specs, out)
+    done = sum(read_result(out / "runs" / s.run_id, deep=False) is not None for s in specs)
+    log.info("preset %s, data %s (fingerprint %s): %d runs into %s", preset.name, data.name, data.fingerprint,
+             len(specs), out)
+    if done:
+        log.info("%d of %d runs already have results in %s and are reused, not retrained (pass --rerun to train "
+                 "them again, or --out a fresh folder and compare with `python -m benchmarks.compare %s NEW`)",
+                 done, len(specs), out, out)
+    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs, data if args.jobs <= 1 else None)
     build_all(out)
     failed = [r for r in results if r.get("status") != "ok"]
     log.info("%d runs ok, %d failed; tables in %s, figures in %s", len(results) - len(failed), len(failed),
              out / "tables.md", out / "figures")
     return 1 if failed else 0
+
+
+def _forget(specs: list, out: Path) -> None:
+    """--rerun: clear the grid's finished runs and the float models they start from."""
+    for s in specs:
+        if not forget(s, out):
+            log.warning("run %s is being trained by another process; --rerun leaves it to that process", s.run_id)
+    for s in float_warmups(specs):
+        path = float_cache_path(out / "cache", s.model, s.data_fingerprint, s.float_train)
+        with FileLock(path.with_suffix(".lock")):
+            for f in (path, path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")):
+                f.unlink(missing_ok=True)
+
+
+def describe(name: str) -> str:
+    """A method's parameters (type, default) and default grids, for --describe and --list-methods --verbose."""
+    cls = get_method(name)
+    doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "(no description)").strip().split("\n\n")[0]
+    lines = [f"{name}: {' '.join(doc.split())}",
+             f"  starts from the trained float model (with its defaults): "
+             f"{'yes' if cls(cls.Config()).needs_float_model else 'no'}"]
+    fields = dataclasses.fields(cls.Config)
+    lines.append("  parameters:" if fields else "  parameters: (none)")
+    default = cls.Config()
+    for f in fields:
+        lines.append(f"    {f.name} = {getattr(default, f.name)!r}  ({type(getattr(default, f.name)).__name__})")
+    for preset, grid in cls.default_grid.items():
+        lines.append(f"  default grid, preset {preset}: " +
+                     (", ".join(f"{k}={','.join(map(str, v))}" for k, v in grid.items()) or "(defaults only)"))
+    return "\n".join(lines)
 
 
 def _int(text: str, flag: str) -> int:

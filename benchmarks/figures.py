@@ -5,7 +5,7 @@ No training code is imported and no GPU is needed: every figure is rebuilt from 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.report import summary, write_tables  # noqa: E402
+from benchmarks.rundir import read_history, read_result  # noqa: E402
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -62,15 +63,18 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
 
 
 def _histories(out: Path, method: str, knob: str) -> list[tuple]:
-    """(knob value, seed, history DataFrame) of every finished run of ``method``."""
+    """(knob value, seed, history DataFrame) of every finished run of ``method`` (broken files are named in
+    a warning and skipped, never fatal)."""
     curves = []
-    for f in sorted(out.glob("runs/*/result.json")):
-        r = json.loads(f.read_text())
-        if r.get("status") != "ok" or r["spec"]["method"] != method:
+    for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
+        r = read_result(folder, deep=False)
+        if r is None or r["status"] != "ok" or r["spec"]["method"] != method:
             continue
-        hist = [json.loads(line) for line in (f.parent / "history.jsonl").read_text().splitlines() if line.strip()]
-        curves.append((r["spec"]["params"].get(knob), r["spec"]["seed"], pd.DataFrame(hist)))
-    return sorted(curves, key=lambda c: (c[0], c[1]))
+        hist = pd.DataFrame(read_history(folder / "history.jsonl"))
+        if hist.empty or "epoch" not in hist:
+            continue
+        curves.append((r["spec"]["params"].get(knob), r["spec"].get("seed"), hist))
+    return sorted(curves, key=lambda c: (str(c[0]), str(c[1])))
 
 
 def weight_fixing_figure(out: Path, folder: Path) -> bool:
@@ -113,11 +117,14 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
     return True
 
 
-def build_all(out: str | Path) -> list[Path]:
-    """Rebuild results.csv, tables.md and every figure under ``<out>/figures``."""
+def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
+    """Rebuild results.csv, tables.md and every figure (under ``figures/``) from the runs in ``out``, into
+    ``dest`` (default ``out``)."""
     out = Path(out)
-    df = write_tables(out)
-    folder = out / "figures"
+    dest = Path(dest) if dest is not None else out
+    dest.mkdir(parents=True, exist_ok=True)
+    df = write_tables(out, dest)
+    folder = dest / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     s = summary(df)
     if not s.empty:
@@ -130,12 +137,20 @@ def build_all(out: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Rebuild tables and figures from stored results (no training).")
-    p.add_argument("--out", default="results", help="results folder holding runs/ (default: results)")
+    p.add_argument("--out", default="results/cpu", help="results folder holding runs/ (default: results/cpu)")
+    p.add_argument("--dest", help="where to write results.csv, tables.md and figures/ (default: the --out folder)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (Path(args.out) / "runs").is_dir():
         print(f"error: no runs in {args.out}/runs; run `python run_all.py --out {args.out}` first", file=sys.stderr)
         return 2
-    for f in build_all(args.out):
+    try:
+        files = build_all(args.out, args.dest)
+    except OSError as e:
+        print(f"error: cannot write tables and figures into {args.dest or args.out} ({e.strerror or e}); "
+              f"pass --dest a writable folder", file=sys.stderr)
+        return 2
+    for f in files:
         print(f)
     return 0
 

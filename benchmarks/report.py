@@ -6,25 +6,31 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "epochs", "accuracy", "bits_remaining_pct",
+from benchmarks.rundir import read_result
+
+COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
            "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes", "train_seconds", "status", "error"]
 
 
 def collect(out: str | Path) -> pd.DataFrame:
-    """One row per run folder that has a result."""
+    """One row per run folder with a result that checks out (``rundir.read_result``); a broken one is
+    named in a warning and left out."""
     rows = []
-    for f in sorted(Path(out).glob("runs/*/result.json")):
-        r = json.loads(f.read_text())
-        spec = r.get("spec", {})
+    for folder in sorted(p.parent for p in Path(out).glob("runs/*/result.json")):
+        r = read_result(folder, deep=False)
+        if r is None:
+            continue
+        spec = r["spec"]
         size = r.get("size", {})
-        model = spec.get("model", {})
+        model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+        train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
         rows.append({
-            "run_id": r.get("run_id", f.parent.name), "method": spec.get("method"),
-            "params": json.dumps(spec.get("params", {}), sort_keys=True), "seed": spec.get("seed"),
-            "model": f"{model.get('name')}x{model.get('width')}", "dataset": spec.get("dataset"),
-            "epochs": spec.get("train", {}).get("epochs"),
-            "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r.get("status"),
+            "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
+            "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
+            "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
+            "epochs": train.get("epochs"),
+            "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
                                         "weights_total", "unique_values", "entropy_bits", "entropy_per_weight",
@@ -35,8 +41,8 @@ def collect(out: str | Path) -> pd.DataFrame:
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
-    ok = df[df.status == "ok"]
-    keys = ["method", "params", "model", "dataset", "epochs"]
+    ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
+    keys = ["method", "params", "model", "dataset", "data_fingerprint", "epochs"]
     vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits",
             "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes"]
     if ok.empty:
@@ -48,16 +54,23 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_tables(out: str | Path) -> pd.DataFrame:
+def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFrame:
+    """``results.csv`` and ``tables.md`` of the runs in ``out``, written into ``dest`` (default ``out``)."""
     out = Path(out)
+    dest = Path(dest) if dest is not None else out
     df = collect(out)
-    df.to_csv(out / "results.csv", index=False)
+    df.to_csv(dest / "results.csv", index=False)
     s = summary(df)
     lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.figures --out {out}`.", ""]
+    if s.data_fingerprint.nunique() > 1:
+        lines += [f"Runs on {s.data_fingerprint.nunique()} different data sets (by content): the `data` column "
+                  "gives each one's fingerprint; points on different data are never averaged.", ""]
     for method, part in s.groupby("method"):
         lines += [f"## {method}", ""]
+        part = part.sort_values(["model", "bits_remaining_pct_mean"])  # by number, before formatting
         table = pd.DataFrame({
-            "params": _varying(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
+            "params": varying_params(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
+            **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
             "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
             "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
@@ -66,7 +79,7 @@ def write_tables(out: str | Path) -> pd.DataFrame:
             "entropy bits/weight (without 0)": [f"{a:.2f} ({b:.2f})" for a, b in zip(part.entropy_per_weight_mean,
                                                                                     part.entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
-        }).sort_values("bits remaining %")
+        })
         lines += [table.to_markdown(index=False), ""]
     near = near_float(s)
     if not near.empty:
@@ -77,7 +90,7 @@ def write_tables(out: str | Path) -> pd.DataFrame:
     failed = df[df.status != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]
-    (out / "tables.md").write_text("\n".join(lines))
+    (dest / "tables.md").write_text("\n".join(lines))
     return df
 
 
@@ -85,7 +98,8 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
     """For every compression method, the smallest bits and weights remaining (%) whose mean accuracy stays
     within ``points`` of the float baseline on the same net and data."""
     rows = []
-    for (model, dataset), part in s.groupby(["model", "dataset"]):
+    for _, part in s.groupby(["model", "dataset", "data_fingerprint"]):
+        model = part.model.iloc[0]
         base = part[part.method == "float"]
         if base.empty:
             continue
@@ -106,7 +120,7 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _varying(params: pd.Series) -> list[str]:
+def varying_params(params: pd.Series) -> list[str]:
     """The parameters that differ between a method's runs (all of them when there is one run), as k=v."""
     dicts = [json.loads(p) for p in params]
     keys = [k for k in dicts[0] if len({json.dumps(d.get(k)) for d in dicts}) > 1] if len(dicts) > 1 else list(dicts[0])

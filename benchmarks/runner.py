@@ -1,9 +1,12 @@
-"""Runs as folders: one grid point = one ``<out>/runs/<id>/``, its id a hash of what changes its results.
+"""Runs as folders: one grid point = one ``<out>/runs/<id>/``, its id a hash of what changes its results
+(the method's full config, seed, net, schedules and the content of the data set).
 
 Each folder holds ``config.json``, ``history.jsonl`` (one line per epoch), ``model.packed`` and
 ``result.json``, each written atomically. A finished run is never redone; a failed one is recorded with its
-reason and the grid goes on. ``execute`` is the seam for other executors: it needs only a ``RunSpec`` and
-an output folder, so Ray or SLURM can run the same specs and the reports read the same folders.
+reason and the grid goes on; a folder whose files do not check out (``benchmarks.rundir``) is redone. Whoever
+trains a run holds its lock, so grids sharing an output folder never train one run twice. ``execute`` is
+the seam for other executors: it needs only a ``RunSpec`` and an output folder, so Ray or SLURM can run the
+same specs and the reports read the same folders.
 """
 from __future__ import annotations
 
@@ -20,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import Timeout
 
 from benchmarks import packing
 from benchmarks.compressed import to_module
-from benchmarks.data import Dataset, load_dataset
+from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.models import ModelSpec, build_model
+from benchmarks.rundir import finished, run_lock, write_json
 from benchmarks.size import size_report
-from benchmarks.train import (TrainConfig, evaluate, float_model, pick_device, resume_history, seed_everything,
-                              train)
+from benchmarks.train import (StaleCheckpoint, TrainConfig, evaluate, float_model, pick_device, resume_history,
+                              seed_everything, train)
 from methods import get_method
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class RunSpec:
     params: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs of the method's config
     seed: int
     dataset: str
+    data_fingerprint: str  # content hash of the data set the run trains on (``Dataset.fingerprint``)
     model: ModelSpec
     train: TrainConfig  # the method's own schedule (seed inside equals ``seed``)
     float_train: TrainConfig  # the float model's schedule, for methods that start from it
@@ -53,12 +59,6 @@ class RunSpec:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def environment() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -70,31 +70,46 @@ def environment() -> dict[str, str]:
             "pandas": pandas.__version__, "platform": platform.platform(), "git_commit": commit or "unknown"}
 
 
-def run_status(folder: Path) -> str | None:
-    f = folder / "result.json"
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, device: str | None = None,
-            data: Dataset | None = None, progress: bool = True) -> dict:
-    """Run one grid point into ``<out>/runs/<id>/`` unless it already finished; returns its result."""
+            data: Dataset | None = None, progress: bool = True, wait: bool = True) -> dict:
+    """Run one grid point into ``<out>/runs/<id>/`` unless it already finished; returns its result.
+
+    When another process holds the run (a second grid on the same folder), wait for it, or with
+    ``wait=False`` return ``{"status": "busy"}`` at once so the caller can come back to it later."""
     folder = Path(out) / "runs" / spec.run_id
-    if run_status(folder) == "ok":
-        return json.loads((folder / "result.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(folder)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        log.info("run %s is being trained by another process; coming back to it later", spec.run_id)
+        return {"status": "busy", "run_id": spec.run_id}
+    try:
+        done = finished(folder)  # checked under the lock: another grid may just have finished it
+        if done is not None:
+            return done
+        return _execute_locked(spec, out, folder, data_dir, device, data, progress)
+    finally:
+        lock.release()
+
+
+def _execute_locked(spec: RunSpec, out: str | os.PathLike, folder: Path, data_dir: str | None, device: str | None,
+                    data: Dataset | None, progress: bool) -> dict:
     dev = pick_device(device)
     env = environment()
     write_json(folder / "config.json", {"run_id": spec.run_id, **spec.as_dict(), "device": str(dev),
                                          "environment": env})
+    log.info("run %s: training %s %s, seed %d", spec.run_id, spec.method, dict(spec.params), spec.seed)
     t0 = time.perf_counter()
     try:
         data = data if data is not None else load_dataset(spec.dataset, data_dir, dev)
-        result = _train_and_measure(spec, folder, data, Path(out) / "cache", progress)
+        if data.fingerprint != spec.data_fingerprint:
+            raise DataError(f"the data set loaded (fingerprint {data.fingerprint}) is not the one this run was "
+                            f"planned for ({spec.data_fingerprint}); pass the same --data-dir as the grid")
+        try:
+            result = _train_and_measure(spec, folder, data, Path(out) / "cache", progress)
+        except StaleCheckpoint:  # the checkpoint was removed: the run starts afresh
+            result = _train_and_measure(spec, folder, data, Path(out) / "cache", progress)
         result["status"] = "ok"
     except Exception as e:  # recorded, never fatal to the grid
         return record_failure(spec, out, f"{type(e).__name__}: {e}", traceback.format_exc(), env,
@@ -103,6 +118,25 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
                   environment=env)
     write_json(folder / "result.json", result)
     return result
+
+
+def forget(spec: RunSpec, out: str | os.PathLike) -> bool:
+    """Remove a run's results (for ``--rerun``) so that the next ``execute`` trains it from scratch; False
+    when another process holds the run."""
+    folder = Path(out) / "runs" / spec.run_id
+    if not folder.is_dir():
+        return True
+    lock = run_lock(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    try:
+        for name in ("result.json", "model.packed", "history.jsonl", "checkpoint.pt"):
+            (folder / name).unlink(missing_ok=True)
+    finally:
+        lock.release()
+    return True
 
 
 def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str = "",

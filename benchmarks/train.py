@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
 from benchmarks.models import ModelSpec, build_model
+from benchmarks.rundir import RunFileError, read_history
 from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
 
@@ -198,31 +200,51 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, o
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {"model": model.state_dict(), "method": method.state_dict(),
              "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
-    tmp = Path(str(path) + ".tmp")
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+class StaleCheckpoint(RuntimeError):
+    """A checkpoint that does not fit the run (other code wrote it); it has been removed, so the run can
+    start afresh."""
+
+
+def _discard(path: Path, why: str) -> None:
+    log.warning("checkpoint %s %s; removed it, the run starts afresh", path, why)
+    path.unlink(missing_ok=True)
+
+
 def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
-    """(epochs done, training seconds spent) of a checkpoint, (0, 0) when there is none."""
-    if not Path(path).is_file():
+    """(epochs done, training seconds spent) of a checkpoint, (0, 0) when there is none or it is unreadable
+    (then it is removed with one warning)."""
+    path = Path(path)
+    if not path.is_file():
         return 0, 0.0
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        return state["epoch_index"], state["elapsed"]
-    except Exception as e:  # unreadable (torn write, older code): start the run afresh
-        log.warning("ignoring checkpoint %s (%s: %s); the run starts afresh", path, type(e).__name__, e)
-        Path(path).unlink()
+        state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: nothing executes
+        return int(state["epoch_index"]), float(state["elapsed"])
+    except Exception as e:  # torn write, a foreign or crafted file, older code
+        _discard(path, f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return 0, 0.0
 
 
 def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
     """Keep the history records of the epochs a checkpoint covers (later ones are redone) and return them
-    with the training seconds already spent; a run without a checkpoint starts an empty history."""
+    with the training seconds already spent; a run without a usable checkpoint starts an empty history.
+    A history that does not hold the checkpoint's epochs intact cannot be continued: the checkpoint goes."""
     done, elapsed = checkpoint_progress(checkpoint)
-    records = []
-    if done and history.is_file():  # a line torn by the interruption lies after the checkpoint's epochs
-        records = [json.loads(line) for line in history.read_text().splitlines()[:done]]
+    records: list[dict] = []
+    if done:  # a line torn by the interruption lies after the checkpoint's epochs
+        try:
+            records = read_history(history, strict=True)[:done] if history.is_file() else []
+        except RunFileError as e:
+            records = []
+            _discard(checkpoint, f"goes with a broken history ({e})")
+        if len(records) != done or [r.get("epoch") for r in records] != list(range(1, done + 1)):
+            if Path(checkpoint).is_file():
+                _discard(checkpoint, f"covers {done} epochs but {history.name} holds {len(records)} of them")
+            records, elapsed = [], 0.0
     history.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records, elapsed
 
@@ -232,14 +254,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, g
         return None
     device = next(model.parameters()).device
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
         fit_shapes_(model, state["model"])
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
-    except Exception as e:  # written by other code: never half-resume; the next attempt starts afresh
-        Path(path).unlink()
-        raise RuntimeError(f"checkpoint {path} does not fit this code ({type(e).__name__}: {e}); removed it, "
-                           f"rerun to start this run afresh") from None
+    except Exception as e:  # written by other code: never half-resume
+        _discard(Path(path), f"does not fit this run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        raise StaleCheckpoint(f"checkpoint {path} does not fit this run") from None
     rng = state["rng"]
     gen.set_state(rng["gen"].cpu())
     torch.set_rng_state(rng["torch"].cpu())
@@ -263,34 +284,56 @@ def _build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: Train
     return opts, bases
 
 
+def float_cache_path(cache_dir: str | os.PathLike, spec: ModelSpec, data_fingerprint: str, cfg: TrainConfig) -> Path:
+    """Where the float model of (net, data content, schedule with its seed) is cached."""
+    key = hashlib.sha256(json.dumps([spec.as_dict(), data_fingerprint, asdict(cfg)], sort_keys=True).encode())
+    return Path(cache_dir) / f"float-{key.hexdigest()[:16]}.pt"
+
+
 def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,
                 progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained float model for (model, data set, schedule, seed), trained once and then read from the
-    cache. Returns the model (on the data's device) and the cache entry's metadata (history, time)."""
-    key = hashlib.sha256(json.dumps([spec.as_dict(), data.name, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"float-{key}.pt"
+    """The trained float model for (model, data content, schedule, seed), trained once and then read from
+    the cache. Returns the model (on the data's device) and the cache entry's metadata (history, time).
+
+    The entry is trained under a file lock, so concurrent grids wait for one another instead of training
+    it twice; an unreadable entry is named in one warning and trained again."""
+    path = float_cache_path(cache_dir, spec, data.fingerprint, cfg)
     device = data.train.images.device
     seed_everything(cfg.seed)
     model = build_model(spec).to(device)
-    if path.is_file():
-        blob = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        return model, blob["meta"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt, hist = path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")
-    history, elapsed = resume_history(hist, ckpt)
+    with FileLock(path.with_suffix(".lock")):
+        if path.is_file():
+            try:
+                blob = torch.load(path, map_location=device, weights_only=True)
+                model.load_state_dict(blob["state_dict"])
+                return model, blob["meta"]
+            except Exception as e:  # torn, foreign, or written for another net
+                log.warning("float-model cache %s is unreadable (%s: %s); training it again", path,
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                path.unlink()
+                seed_everything(cfg.seed)
+                model = build_model(spec).to(device)
+        ckpt, hist = path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")
+        history, elapsed = resume_history(hist, ckpt)
 
-    def on_epoch(record: dict) -> None:
-        history.append(record)
-        with open(hist, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        def on_epoch(record: dict) -> None:
+            history.append(record)
+            with open(hist, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
-    t0 = time.perf_counter()
-    train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
-    meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": key}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, path)
-    ckpt.unlink(missing_ok=True)
-    hist.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        try:
+            train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
+        except StaleCheckpoint:  # removed: train the entry from the start
+            history, elapsed = resume_history(hist, ckpt)
+            seed_everything(cfg.seed)
+            model = build_model(spec).to(device)
+            train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
+        meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": path.stem}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        os.replace(tmp, path)
+        ckpt.unlink(missing_ok=True)
+        hist.unlink(missing_ok=True)
     return model, meta

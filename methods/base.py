@@ -7,6 +7,7 @@ settings are explicit, hashable and checked (an unknown or badly typed grid valu
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -121,15 +122,20 @@ def make_config(cls: type, params: dict[str, Any], method: str) -> Any:
         if isinstance(default, bool) and not isinstance(v, bool):
             raise ConfigError(f"{method}.{k} must be true or false, got {v!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-                raise ConfigError(f"{method}.{k} must be a number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(f"{method}.{k} must be a finite number, got {v!r}")
             if isinstance(default, int) and not float(v).is_integer():
                 raise ConfigError(f"{method}.{k} must be an integer, got {v!r}")
             params[k] = type(default)(v)
         if isinstance(default, str) and not isinstance(v, str):
             raise ConfigError(f"{method}.{k} must be a string, got {v!r}")
-    cfg = cls(**params)
-    check = getattr(cfg, "validate", None)
-    if check is not None:
-        check()
+    try:
+        cfg = cls(**params)
+        check = getattr(cfg, "validate", None)
+        if check is not None:
+            check()
+    except ConfigError:
+        raise
+    except ValueError as e:  # a plugin's ``validate`` may raise plain ValueError: still bad input, not a bug
+        raise ConfigError(f"{method}: {e}") from None
     return cfg

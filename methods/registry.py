@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from methods.base import Method
+from methods.base import ConfigError, Method
 
 log = logging.getLogger(__name__)
 
@@ -13,12 +13,19 @@ ENTRY_POINT_GROUP = "scnn_bench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
 #: plugins that failed to load: name -> error line (reported, the other methods still run)
 PLUGIN_ERRORS: dict[str, str] = {}
+#: names claimed by two methods: name -> error line naming both packages (using the name is an error)
+CONFLICTS: dict[str, str] = {}
+_ORIGINS: dict[type, str] = {}
 _plugins_loaded = False
 
 
 class UnknownMethodError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class MethodNameConflict(ConfigError):
+    """Two installed methods claim one name."""
 
 
 def register(name: str):
@@ -34,19 +41,38 @@ def register(name: str):
     return deco
 
 
+def _origin(cls: type) -> str:
+    """Which package a method class comes from, for error messages."""
+    return _ORIGINS.get(cls, f"scnn-bench ({cls.__module__})" if cls.__module__.startswith("methods.")
+                        else cls.__module__)
+
+
 def load_plugins() -> None:
-    """Import every entry point of the group once; a broken plugin is logged with its error and skipped."""
+    """Import every entry point of the group once. A plugin that fails to import is logged with its error
+    and skipped; one whose name is already taken makes that name an error (``MethodNameConflict``) that
+    names both packages, since which of the two a grid means is then ambiguous."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"package {ep.dist.name if ep.dist else '?'}, {ep.value}"
         try:
             cls = ep.load()
-            if ep.name not in _REGISTRY:
-                register(ep.name)(cls)
         except Exception as e:  # a plugin's bug must not take the benchmark down
-            PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}"
+            PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({where}) failed to load: {type(e).__name__}: {e}"
+            log.error(PLUGIN_ERRORS[ep.name])
+            continue
+        if ep.name in _REGISTRY and _REGISTRY[ep.name] is not cls:
+            CONFLICTS[ep.name] = (f"two methods are named {ep.name!r}: {_origin(_REGISTRY[ep.name])} and the "
+                                  f"plugin from {where}; rename the plugin's entry point (or uninstall one)")
+            log.error(CONFLICTS[ep.name])
+            continue
+        try:
+            register(ep.name)(cls)
+            _ORIGINS[cls] = where
+        except Exception as e:
+            PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({where}) failed to load: {type(e).__name__}: {e}"
             log.error(PLUGIN_ERRORS[ep.name])
 
 
@@ -57,6 +83,8 @@ def available_methods() -> list[str]:
 
 def get_method(name: str) -> type[Method]:
     load_plugins()
+    if name in CONFLICTS:
+        raise MethodNameConflict(CONFLICTS[name])
     if name not in _REGISTRY:
         hint = f" ({PLUGIN_ERRORS[name]})" if name in PLUGIN_ERRORS else ""
         raise UnknownMethodError(f"unknown method {name!r}{hint}; available methods: "

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from benchmarks.compressed import CompressedModel, LayerCode, export_layers, full_shapes
 from benchmarks.models import ModelSpec, topology
 from benchmarks.topology import dead_space_channels, prune_, slice_param_, weight_of
-from methods.base import Method, ParamGroup
+from methods.base import ConfigError, Method, ParamGroup
 from methods.registry import register
 
 
@@ -85,11 +85,11 @@ class SelfCompression(Method):
 
         def validate(self) -> None:
             if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-                raise ValueError(f"self_compression.gamma must be a finite number >= 0, got {self.gamma}")
+                raise ConfigError(f"self_compression.gamma must be a finite number >= 0, got {self.gamma}")
             if not (1 <= self.bits_init <= 32):
-                raise ValueError(f"self_compression.bits_init must lie in [1, 32], got {self.bits_init}")
+                raise ConfigError(f"self_compression.bits_init must lie in [1, 32], got {self.bits_init}")
             if not self.lr_bits > 0:
-                raise ValueError(f"self_compression.lr_bits must be > 0, got {self.lr_bits}")
+                raise ConfigError(f"self_compression.lr_bits must be > 0, got {self.lr_bits}")
 
     default_grid = {
         "smoke": {"gamma": [0.003, 0.3]},

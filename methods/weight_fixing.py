@@ -45,7 +45,7 @@ from benchmarks.models import ModelSpec, topology
 from benchmarks.size import entropy
 from benchmarks.topology import weight_of
 from methods import wf_cluster
-from methods.base import Method, Phase
+from methods.base import ConfigError, Method, Phase
 from methods.registry import register
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,18 @@ class WeightFixing(Method):
 
         def validate(self) -> None:
             if not (0 < self.delta and self.delta * (ROUNDS - 1) < 1):
-                raise ValueError(f"weight_fixing.delta must lie in (0, {1 / (ROUNDS - 1):.4f}) so that the first "
+                raise ConfigError(f"weight_fixing.delta must lie in (0, {1 / (ROUNDS - 1):.4f}) so that the first "
                                  f"round's threshold {ROUNDS - 1}·delta stays below 1, got {self.delta}")
             if not (self.lam >= 0 and math.isfinite(self.lam)):
-                raise ValueError(f"weight_fixing.lam must be a finite number >= 0, got {self.lam}")
+                raise ConfigError(f"weight_fixing.lam must be a finite number >= 0, got {self.lam}")
             if not self.tau > 0:
-                raise ValueError(f"weight_fixing.tau must be > 0, got {self.tau}")
+                raise ConfigError(f"weight_fixing.tau must be > 0, got {self.tau}")
             if not self.lr > 0:
-                raise ValueError(f"weight_fixing.lr must be > 0, got {self.lr}")
+                raise ConfigError(f"weight_fixing.lr must be > 0, got {self.lr}")
             if not self.grad_clip >= 0:
-                raise ValueError(f"weight_fixing.grad_clip must be >= 0, got {self.grad_clip}")
+                raise ConfigError(f"weight_fixing.grad_clip must be >= 0, got {self.grad_clip}")
             if not 0 <= self.max_order <= 4:
-                raise ValueError(f"weight_fixing.max_order must lie in [0, 4], got {self.max_order}")
+                raise ConfigError(f"weight_fixing.max_order must lie in [0, 4], got {self.max_order}")
 
     default_grid = {
         "smoke": {"delta": [0.01, 0.05]},

@@ -10,7 +10,7 @@ import torch
 
 import run_all
 from benchmarks import figures, inspect
-from benchmarks.grid import expand, parse_grid_overrides
+from benchmarks.grid import bind_data, expand, parse_grid_overrides
 from benchmarks.presets import get_preset
 
 from methods import ConfigError, Method, register
@@ -67,7 +67,7 @@ def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     (["--methods", "nope"], "unknown method 'nope'"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--grid", "self_compression.gama=1"], "no parameter 'gama'"),
-    (["--grid", "self_compression.gamma=big"], "must be a number"),
+    (["--grid", "self_compression.gamma=big"], "must be a finite number"),
     (["--grid", "gamma=1"], "bad --grid"),
     (["--preset", "cpu", "--data-dir", "/nonexistent/folder"], "CIFAR-10 not found"),
     (["--preset", "smoke", "--device", "gpu"], "unknown device 'gpu'"),
@@ -134,7 +134,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid
     from benchmarks.runner import execute
 
     data = make_synthetic()
-    spec = expand(get_preset("smoke"), [grid.split(".")[0]], [0], parse_grid_overrides([grid]))[0]
+    spec = bind_data(expand(get_preset("smoke"), [grid.split(".")[0]], [0], parse_grid_overrides([grid])), data)[0]
     whole = execute(spec, tmp_path / "a", data=data, progress=False)
     real_evaluate, calls = train_mod.evaluate, []
 
@@ -183,7 +183,7 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     p = subprocess.run([sys.executable, "run_all.py", "--preset", "smoke", "--methods", "my_method,float",
                         "--out", str(tmp_path / "out"), "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
-    assert "plugin 'broken' (no_such_module:Method) failed to load: ModuleNotFoundError" in p.stderr
+    assert "plugin 'broken' (package broken-plugin, no_such_module:Method) failed to load: ModuleNotFoundError" in p.stderr
     df = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(df.method) == {"my_method", "float"} and (df.status == "ok").all()
     assert "my_method" in (tmp_path / "out" / "tables.md").read_text()
@@ -203,7 +203,7 @@ def test_parallel_jobs(tmp_path):
 def test_near_float_picks_the_smallest_sizes_within_one_point():
     from benchmarks.report import near_float
 
-    s = pd.DataFrame({"method": ["float", "m", "m", "m"], "model": ["n"] * 4, "dataset": ["d"] * 4,
+    s = pd.DataFrame({"method": ["float", "m", "m", "m"], "model": ["n"] * 4, "dataset": ["d"] * 4, "data_fingerprint": ["f"] * 4,
                       "accuracy_mean": [90.0, 89.5, 88.9, 89.2], "bits_remaining_pct_mean": [100.0, 10.0, 2.0, 5.0],
                       "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0]})
     r = near_float(s).iloc[0]  # the 88.9% point is more than a point below float: excluded

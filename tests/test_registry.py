@@ -29,7 +29,7 @@ def test_config_validation():
     cls = get_method("self_compression")
     with pytest.raises(ConfigError, match="no parameter 'gama'"):
         cls.from_params(gama=0.1)
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be a finite number"):
         cls.from_params(gamma="big")
     with pytest.raises(ValueError, match="gamma"):
         cls.from_params(gamma=-1.0)
