@@ -66,8 +66,8 @@ def resolve_root(data_dir: str | os.PathLike | None = None) -> Path:
 class _PlainData(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a batch file can hold nothing that executes."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy{core}.multiarray", f) for core in ("._core", ".core") for f in ("_reconstruct", "scalar"))}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:

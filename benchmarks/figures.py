@@ -62,16 +62,16 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     _save(fig, folder, f"accuracy_vs_{axis}")
 
 
-def _histories(out: Path, method: str, knob: str) -> list[tuple]:
-    """(knob value, seed, history DataFrame) of every finished run of ``method`` (broken files are named in
-    a warning and skipped, never fatal)."""
+def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple]:
+    """(knob value, seed, history DataFrame) of every finished run of ``method`` whose history has the
+    columns ``need`` (broken files are named in a warning and skipped, never fatal)."""
     curves = []
     for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
         r = read_result(folder, deep=False)
         if r is None or r["status"] != "ok" or r["spec"]["method"] != method:
             continue
         hist = pd.DataFrame(read_history(folder / "history.jsonl"))
-        if hist.empty or "epoch" not in hist:
+        if hist.empty or not need <= set(hist.columns):
             continue
         curves.append((r["spec"]["params"].get(knob), r["spec"].get("seed"), hist))
     return sorted(curves, key=lambda c: (str(c[0]), str(c[1])))
@@ -79,7 +79,7 @@ def _histories(out: Path, method: str, knob: str) -> list[tuple]:
 
 def weight_fixing_figure(out: Path, folder: Path) -> bool:
     """Per fixing round: unique fixed values and test accuracy of each weight-fixing run."""
-    curves = _histories(out, "weight_fixing", "delta")
+    curves = _histories(out, "weight_fixing", "delta", {"round", "share_fixed", "unique_fixed", "test_acc"})
     if not curves:
         return False
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
@@ -99,7 +99,7 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
 
 def training_curve_figure(out: Path, folder: Path) -> bool:
     """Bits and weights remaining over training for self-compression runs (the paper's training curve)."""
-    curves = _histories(out, "self_compression", "gamma")
+    curves = _histories(out, "self_compression", "gamma", {"epoch", "bits_remaining_pct", "weights_remaining_pct"})
     if not curves:
         return False
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")

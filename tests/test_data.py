@@ -1,4 +1,6 @@
+import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -7,10 +9,10 @@ import torch
 from benchmarks.data import DataError, augment, batches, load_cifar10, load_dataset, make_synthetic, resolve_root
 
 
-def write_fake_cifar(root, n=20):
+def write_fake_cifar(root, n=20, seed=0):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n)),
              "batch_label": name, "filenames": [f"{i}.png" for i in range(n)]}
@@ -27,6 +29,37 @@ def test_reads_torchvision_layout_without_checksums(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
     assert torch.equal(ds.train.images[0].flatten(), torch.from_numpy(raw["data"][0]))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("labels", list(range(10)) * 3, "holds (20, 3072) images and (30,) labels"),
+    ("data", np.zeros((20, 100), np.uint8), "holds (20, 100) images"),
+    ("labels", [11] * 20, "labels outside 0..9"),
+])
+def test_inconsistent_batch_file_is_refused_at_load(tmp_path, field, value, message):
+    folder = write_fake_cifar(tmp_path)
+    with open(folder / "data_batch_3", "rb") as f:
+        d = pickle.load(f)
+    d[field] = value
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump(d, f)
+    with pytest.raises(DataError, match=f"data_batch_3 {re.escape(message)}" if "holds" in message else message):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_batch_file_cannot_execute_code(tmp_path):
+    folder = write_fake_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": Payload(), "labels": []}, f)
+    with pytest.raises(DataError, match="refusing to load"):
+        load_cifar10(tmp_path, download=False)
+    assert not marker.exists()
 
 
 def test_missing_folder_gives_clear_error(tmp_path):

@@ -1,0 +1,299 @@
+"""Run folders that survive anything, results that never mix, files that execute nothing, bad input named.
+
+One test per way a new user broke the harness (each failed before the fix), plus concurrent and killed grids.
+"""
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import run_all
+from benchmarks import compare, figures
+from benchmarks.data import make_synthetic
+from benchmarks.grid import bind_data, expand, parse_grid_overrides
+from benchmarks.presets import get_preset
+from benchmarks.runner import execute
+from benchmarks.train import float_cache_path
+from test_data import write_fake_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.3"]
+
+
+@pytest.fixture
+def grid(caplog):
+    """run_all in this process; returns (exit code, ids of the runs that trained, the log's lines)."""
+    caplog.set_level(logging.INFO, logger="benchmarks")
+    caplog.set_level(logging.INFO, logger="run_all")
+
+    def run(out, *extra):
+        caplog.clear()
+        code = run_all.main(["--preset", "smoke", *(["--out", str(out)] if out else []), *extra])
+        lines = [r.getMessage() for r in caplog.records]
+        return code, trained(lines), lines
+    return run
+
+
+def _env():
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SCNN_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def trained(lines: list[str]) -> list[str]:
+    """Ids of the runs that trained, from log lines ('run <id>: training ...')."""
+    return [line.split("run ")[1].split(":")[0] for line in lines if ": training " in line]
+
+
+def run_dirs(out: Path) -> dict[str, Path]:
+    return {json.loads((d / "config.json").read_text())["method"]: d for d in (out / "runs").iterdir()}
+
+
+def test_default_output_folder_is_per_preset(tmp_path, monkeypatch, grid):
+    monkeypatch.chdir(tmp_path)
+    assert grid(None, *SMALL)[0] == 0
+    assert (tmp_path / "results" / "smoke" / "results.csv").is_file()
+    assert [d.name for d in (tmp_path / "results").iterdir()] == ["smoke"]  # nothing lands beside other presets
+
+
+def test_reused_runs_are_announced_rerun_retrains_and_compare_reports(tmp_path, grid):
+    _, first, _ = grid(tmp_path / "ref", *SMALL)
+    assert len(first) == 2
+    _, again, log = grid(tmp_path / "ref", *SMALL)
+    assert again == [] and any("2 of 2 runs already have results" in line for line in log)
+    _, repro, _ = grid(tmp_path / "new", *SMALL)
+    assert sorted(repro) == sorted(first)  # same ids: the same experiments
+    table, counts = compare.compare(tmp_path / "ref", tmp_path / "new")
+    assert counts == {"both": 2, "only_reference": 0, "only_reproduction": 0}
+    assert list(table.accuracy_diff.abs()) == pytest.approx([0, 0], abs=1.0)
+    assert (table.bits_remaining_pct_ref == table.bits_remaining_pct_new).all()  # same training, same size
+    cache = next((tmp_path / "ref" / "cache").glob("float-*.pt"))
+    before = cache.stat().st_mtime_ns
+    _, rerun, _ = grid(tmp_path / "ref", *SMALL, "--rerun")
+    assert len(rerun) == 2 and cache.stat().st_mtime_ns > before  # the float model is trained again too
+
+
+def test_compare_cli(tmp_path, capsys, grid):
+    grid(tmp_path / "a", "--methods", "float")
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "a"), "--csv", str(tmp_path / "c.csv")]) == 0
+    assert "1 runs finished in both" in capsys.readouterr().out and (tmp_path / "c.csv").is_file()
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 2
+
+
+def test_another_copy_of_the_data_never_reuses_a_result(tmp_path, grid):
+    for name, seed in (("fake", 1), ("real", 2)):
+        write_fake_cifar(tmp_path / name, seed=seed)
+    out = tmp_path / "out"
+    args = ["--methods", "float", "--dataset", "cifar10"]
+    _, a, _ = grid(out, *args, "--data-dir", str(tmp_path / "fake"))
+    _, b, _ = grid(out, *args, "--data-dir", str(tmp_path / "real"))
+    assert len(a) == len(b) == 1 and a != b
+    df = pd.read_csv(out / "results.csv")
+    assert df.data_fingerprint.nunique() == 2 and len(list((out / "cache").glob("float-*.pt"))) == 2
+    assert "different data sets" in (out / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("damage, content", [("history.jsonl", '{"epoch": 1}\n{"epo'),
+                                             ("result.json", "[]"),
+                                             ("result.json", '{"status": "ok"}'),
+                                             ("model.packed", None)])
+def test_damaged_run_folder_is_named_and_redone(tmp_path, damage, content, grid):
+    out = tmp_path / "out"
+    grid(out, *SMALL)
+    victim = run_dirs(out)["self_compression"]
+    (victim / damage).unlink()
+    if content is not None:
+        (victim / damage).write_text(content)
+    assert figures.main(["--out", str(out)]) == 0  # the report never crashes on it
+    code, runs, log = grid(out, *SMALL)
+    assert code == 0 and runs == [victim.name]
+    assert sum(victim.name in line and "redoes it" in line for line in log) >= 1
+    assert json.loads((victim / "result.json").read_text())["status"] == "ok"
+
+
+def test_corrupted_float_cache_is_named_and_rebuilt(tmp_path, grid):
+    out = tmp_path / "out"
+    grid(out, *SMALL)
+    cache = next((out / "cache").glob("float-*.pt"))
+    cache.write_bytes(cache.read_bytes()[:1000])
+    for d in (out / "runs").iterdir():
+        (d / "result.json").unlink()
+    code, _, log = grid(out, *SMALL)
+    warnings = [line for line in log if "float-model cache" in line]
+    assert code == 0 and len(warnings) == 1 and cache.name in warnings[0] and "training it again" in warnings[0]
+    assert (pd.read_csv(out / "results.csv").status == "ok").all()
+
+
+def test_crafted_checkpoint_executes_nothing(tmp_path):
+    data = make_synthetic()
+    spec = bind_data(expand(get_preset("smoke"), ["self_compression"], [0],
+                            parse_grid_overrides(["self_compression.gamma=0.3"])), data)[0]
+    folder = tmp_path / "runs" / spec.run_id
+    folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "checkpoint.pt").write_bytes(pickle.dumps({"epoch_index": Payload(), "elapsed": 0.0}))
+    result = execute(spec, tmp_path, data=data, progress=False)
+    assert not marker.exists() and result["status"] == "ok"
+
+
+def test_checkpoints_are_plain_data(tmp_path, monkeypatch):
+    """Every checkpoint the loop writes (weights after surgery, method state, optimizers, RNG) loads with
+    ``weights_only=True``."""
+    from benchmarks import train as train_mod
+
+    seen = []
+    real = train_mod.save_checkpoint
+
+    def keep(path, *a, **k):
+        real(path, *a, **k)
+        seen.append(torch.load(path, weights_only=True))
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", keep)
+    data = make_synthetic()
+    for method in ("self_compression", "diffq", "weight_fixing"):
+        spec = bind_data(expand(get_preset("smoke"), [method], [0], {}), data)[0]
+        assert execute(spec, tmp_path, data=data, progress=False)["status"] == "ok"
+    assert len(seen) >= 9 and all("rng" in s and "method" in s for s in seen)
+
+
+def test_concurrent_grids_never_train_a_run_twice(tmp_path):
+    out = tmp_path / "out"
+    args = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.01,0.1,0.3"]
+    cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), *args]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    runs = trained(errs[0].splitlines()) + trained(errs[1].splitlines())
+    assert len(runs) == len(set(runs)) == 4  # every run trained once, by one of the two grids
+    assert trained(errs[0].splitlines()) and trained(errs[1].splitlines())  # and both grids did work
+    _assert_folders_intact(out, 4)
+
+
+def test_kill_9_then_concurrent_grids_resume_and_complete(tmp_path):
+    out = tmp_path / "out"
+    args = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.003,0.3", "--epochs", "6"]
+    cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), *args]
+    victim = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _wait_for(lambda: any((out / "runs").glob("*/checkpoint.pt")), victim)
+    victim.kill()  # SIGKILL: no handler runs, the kernel drops its locks
+    victim.wait()
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    runs = trained(errs[0].splitlines()) + trained(errs[1].splitlines())
+    assert len(runs) == len(set(runs))  # the unfinished ones, each once
+    assert "resuming from" in errs[0] + errs[1]
+    _assert_folders_intact(out, 3)
+
+
+def _wait_for(cond, proc, timeout=300):
+    t0 = time.monotonic()
+    while not cond():
+        assert proc.poll() is None, "the grid ended before the moment the test waits for"
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.05)
+
+
+def _assert_folders_intact(out: Path, n: int):
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == n and (df.status == "ok").all()
+    for d in (out / "runs").iterdir():
+        r = json.loads((d / "result.json").read_text())
+        epochs = r["spec"]["train"]["epochs"] if r["spec"]["method"] != "float" else r["spec"]["float_train"]["epochs"]
+        hist = [json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in hist] == list(range(1, epochs + 1))  # no duplicated or torn lines
+        assert not list(d.glob("*.tmp")) and not (d / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), "-q", *SMALL,
+           "--epochs", "20"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    _wait_for(lambda: any((out / "runs").glob("*/checkpoint.pt")), p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert err.strip().splitlines() == ["interrupted; rerun the same command to resume"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "self_compression.gamma=-1"], "self_compression.gamma must be a finite number >= 0, got -1"),
+    (["--grid", "self_compression.gamma=Infinity"], "self_compression.gamma must be a finite number, got inf"),
+    (["--grid", "weight_fixing.delta=0.5"], "weight_fixing.delta must lie in (0, 0.1111)"),
+    (["--out", ""], "--out is empty"),
+])
+def test_bad_parameter_values_are_named_not_called_broken(args, message, tmp_path):
+    cmd = [sys.executable, "run_all.py", "--preset", "smoke", *(["--out", str(tmp_path)] if "--out" not in args else []),
+           *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
+    assert p.returncode == 2 and message in p.stderr and "broken" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_jobs_above_core_count_warns(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert run_all.main(["--preset", "smoke", "--out", str(tmp_path), "--methods", "float", "--jobs", "3"]) == 0
+    assert any("--jobs 3 is more than the 2 cores" in r.message for r in caplog.records)
+
+
+def test_figures_on_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, grid):
+    grid(tmp_path, "--methods", "float")
+    capsys.readouterr()
+
+    def refuse(self, path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", refuse)  # chmod does not stop root, who runs CI
+    assert figures.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Permission denied" in err[0] and "--dest" in err[0]
+
+
+def test_tables_sort_numerically(tmp_path):
+    for i, bits in enumerate([12.56, 16.41, 6.46, 7.54, 100.0]):
+        folder = tmp_path / "runs" / f"r{i}"
+        folder.mkdir(parents=True)
+        spec = {"method": "m", "params": {"k": i}, "seed": 0, "dataset": "d", "data_fingerprint": "f",
+                "model": {"name": "n", "width": 1}, "train": {"epochs": 1}}
+        size = {"bits": 1, "bits_remaining_pct": bits, "weights_remaining_pct": 100.0, "weights_total": 1,
+                "weights_remaining": 1, "unique_values": 1, "entropy_per_weight": 0, "entropy_per_weight_nonzero": 0,
+                "packed_bytes": 1}
+        (folder / "result.json").write_text(json.dumps({"status": "ok", "run_id": f"r{i}", "spec": spec,
+                                                        "accuracy": 50.0, "size": size}))
+    from benchmarks.report import write_tables
+
+    write_tables(tmp_path)
+    rows = [line for line in (tmp_path / "tables.md").read_text().splitlines() if line.startswith("| k=")]
+    assert [float(r.split("|")[6]) for r in rows] == [6.46, 7.54, 12.56, 16.41, 100.0]
+
+
+def test_describe_and_verbose_list(capsys):
+    assert run_all.main(["--describe", "self_compression"]) == 0
+    out = capsys.readouterr().out
+    assert "gamma = 0.01  (float)" in out and "default grid, preset cpu: gamma=0.001,0.003" in out
+    assert run_all.main(["--list-methods", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{m}:" in out for m in ("float", "diffq", "weight_fixing")) and "lr_bits = 0.5" in out
+    assert run_all.main(["--describe", "nope"]) == 2
+
+
+def test_float_cache_key_is_the_data_content(tmp_path):
+    a, b = make_synthetic(seed=0), make_synthetic(seed=1)
+    spec, cfg = get_preset("smoke").model, get_preset("smoke").float_train
+    assert float_cache_path(tmp_path, spec, a.fingerprint, cfg) != float_cache_path(tmp_path, spec, b.fingerprint, cfg)
+    assert a.fingerprint == make_synthetic(seed=0).fingerprint
