@@ -1,4 +1,4 @@
-"""Figures and tables from stored results alone: ``python -m benchmarks.figures --out results``.
+"""Figures and tables from stored results alone: ``python -m benchmarks.figures --out results/cpu``.
 
 No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``.
 """

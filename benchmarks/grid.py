@@ -140,10 +140,16 @@ def _in_pool(specs: list[RunSpec], out: str, data_dir: str | None, device: str |
 
 
 def _worker_init(threads: int) -> None:
-    # share the cores instead of oversubscribing them; Ctrl-C is the parent's to handle (it ends the
-    # workers), so a worker never prints a KeyboardInterrupt traceback of its own
+    # share the cores instead of oversubscribing them; Ctrl-C is the parent's to handle: it ends the
+    # workers with SIGTERM, which exits them through Python (so they unregister what they hold, e.g. tqdm's
+    # semaphore), and a worker never prints a KeyboardInterrupt traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_worker)
     torch.set_num_threads(threads)
+
+
+def _exit_worker(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _pool_pass(specs: list[RunSpec], out: str, data_dir: str | None, device: str | None, workers: int,
@@ -163,7 +169,7 @@ def _pool_pass(specs: list[RunSpec], out: str, data_dir: str | None, device: str
     except BaseException:  # Ctrl-C: end the workers now (their runs resume from the last epoch checkpoint)
         for p in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before Python 3.14
             p.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # joins the dead workers and frees the pool's semaphores
         raise
     pool.shutdown()
     return done

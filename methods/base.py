@@ -3,6 +3,9 @@
 A method never measures its own size: ``export()`` hands the harness a ``CompressedModel`` and the
 accounting code measures that. Hyperparameters live in a frozen dataclass ``Config`` per method, so a run's
 settings are explicit, hashable and checked (an unknown or badly typed grid value is refused up front).
+
+This is a public API for plugins: the README's "The plugin contract" documents the hooks, the exported form
+and the pitfalls outside authors met; ``tests/plugin_example`` is a complete plugin package.
 """
 from __future__ import annotations
 
@@ -105,7 +108,9 @@ class Method:
         """Restore ``state_dict()`` when an interrupted run resumes (after ``prepare``)."""
 
     def export(self, model: nn.Module, spec: Any):
-        """The compressed model in the accounting's exported form (``benchmarks.compressed``)."""
+        """The compressed model in the accounting's exported form (``benchmarks.compressed``): one
+        ``LayerCode`` per topology node, built into a ``CompressedModel`` by ``export_layers``. The default
+        stores every weight as float32 (32 bits)."""
         from benchmarks.compressed import export_float
 
         return export_float(model, spec)

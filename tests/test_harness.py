@@ -179,6 +179,10 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     broken.mkdir()
     (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
     (broken / "entry_points.txt").write_text("[scnn_bench.methods]\nbroken = no_such_module:Method\n")
+    clash = site / "clash_plugin-0.1.dist-info"  # a plugin that takes a built-in's name
+    clash.mkdir()
+    (clash / "METADATA").write_text("Metadata-Version: 2.1\nName: clash-plugin\nVersion: 0.1\n")
+    (clash / "entry_points.txt").write_text("[scnn_bench.methods]\ndiffq = my_method:MyMethod\n")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "SCNN_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "run_all.py", "--preset", "smoke", "--methods", "my_method,float",
                         "--out", str(tmp_path / "out"), "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
@@ -186,10 +190,17 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     assert "plugin 'broken' (package broken-plugin, no_such_module:Method) failed to load: ModuleNotFoundError" in p.stderr
     df = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(df.method) == {"my_method", "float"} and (df.status == "ok").all()
+    mine = df[df.method == "my_method"].iloc[0]  # exported as real 6-bit codes, measured from its file
+    assert 6 / 32 * 100 < mine.bits_remaining_pct < 7 / 32 * 100 and mine.accuracy > 20
     assert "my_method" in (tmp_path / "out" / "tables.md").read_text()
     p = subprocess.run([sys.executable, "run_all.py", "--methods", "broken", "--preset", "smoke"], cwd=ROOT,
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "unknown method 'broken' (plugin 'broken'" in p.stderr.splitlines()[-1]
+    p = subprocess.run([sys.executable, "run_all.py", "--methods", "diffq", "--preset", "smoke"], cwd=ROOT,
+                       capture_output=True, text=True, env=env)
+    last = p.stderr.splitlines()[-1]
+    assert p.returncode == 2 and "two methods are named 'diffq'" in last
+    assert "scnn-bench (methods.diffq)" in last and "package clash-plugin" in last
 
 
 def test_parallel_jobs(tmp_path):

@@ -219,16 +219,17 @@ def _assert_folders_intact(out: Path, n: int):
         assert not list(d.glob("*.tmp")) and not (d / "checkpoint.pt").exists()
 
 
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), "-q", *SMALL,
-           "--epochs", "20"]
+           "--epochs", "20", "--jobs", jobs]
     p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     _wait_for(lambda: any((out / "runs").glob("*/checkpoint.pt")), p)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130
-    assert err.strip().splitlines() == ["interrupted; rerun the same command to resume"]
+    assert err.strip().splitlines() == ["interrupted; rerun the same command to resume"]  # no worker noise either
 
 
 @pytest.mark.parametrize("args, message", [
