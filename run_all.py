@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import executors
 from benchmarks.data import DataError, load_dataset
 from benchmarks.figures import build_all
 from benchmarks.grid import expand, parse_grid_overrides, run_all
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="grid points run in parallel processes (default: 1)")
     p.add_argument("--list-methods", action="store_true", help="print the registered method names and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    executors.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -64,23 +66,31 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        cluster = executors.from_args(args)  # None: the local executor
         device = pick_device(args.device)
         # methods named on the command line must work; of all registered ones, broken plugins are skipped
         specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs,
                        strict=bool(args.methods))
         out = Path(args.out)
         _check_writable(out)
-        # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
-        # so the parent keeps it on the CPU (no CUDA context before forking)
-        data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 else "cpu")
+        # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
+        # their own, so the parent keeps it on the CPU (no CUDA context before forking)
+        data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 and not cluster else "cpu")
     except (ConfigError, UnknownMethodError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, err in PLUGIN_ERRORS.items():
         log.error("%s (skipped; the other methods still run)", err)
     log.info("preset %s: %d runs into %s", preset.name, len(specs), out)
-    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs,
-                      data if args.jobs <= 1 else None)
+    if cluster is None:
+        results = run_all(specs, str(out), args.data_dir, args.device, args.jobs,
+                          data if args.jobs <= 1 else None)
+    else:
+        try:
+            results = executors.run(cluster, specs, out, args.data_dir, args.device)
+        except ConfigError as e:  # e.g. a worker that does not see the output folder
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     build_all(out)
     failed = [r for r in results if r.get("status") != "ok"]
     log.info("%d runs ok, %d failed; tables in %s, figures in %s", len(results) - len(failed), len(failed),

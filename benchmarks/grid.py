@@ -90,11 +90,15 @@ def run_all(specs: list[RunSpec], out: str, data_dir: str | None, device: str | 
     ``data``, when given, is the data set every spec uses, already on the device (one process only)."""
     if jobs <= 1:
         return [execute(s, out, data_dir, device, data=data) for s in specs]
-    # one run per float model first, so that the runs reusing it find it in the cache
-    warm = list({(s.model, s.dataset, s.float_train): s for s in specs
-                 if get_method(s.method).from_params(**dict(s.params)).needs_float_model}.values())
-    _in_pool(warm, out, data_dir, device, jobs)
+    _in_pool(float_warmups(specs), out, data_dir, device, jobs)
     return _in_pool(specs, out, data_dir, device, jobs)
+
+
+def float_warmups(specs: list[RunSpec]) -> list[RunSpec]:
+    """One spec per float model the grid needs: run these first, so that the runs reusing a float model
+    find it in the cache instead of several workers training it at once."""
+    return list({(s.model, s.dataset, s.float_train): s for s in specs
+                 if get_method(s.method).from_params(**dict(s.params)).needs_float_model}.values())
 
 
 def _in_pool(specs: list[RunSpec], out: str, data_dir: str | None, device: str | None, jobs: int) -> list[dict]:
