@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import socket
 import tempfile
 import uuid
@@ -85,17 +86,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster executors (pip install 'scnn-bench[ray]' or 'scnn-bench[slurm]')")
     g.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
                    help="where runs execute (default: local, in this process or --jobs processes)")
-    g.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs reserved per run (default: 1; Ray allows fractions)")
-    g.add_argument("--gpus-per-run", type=float, metavar="N", help="GPUs reserved per run (default: 0; Ray allows fractions)")
+    g.add_argument("--cpus-per-run", type=float, metavar="N",
+                   help="CPUs reserved per run, also its torch threads (default: 1; Ray allows fractions)")
+    g.add_argument("--gpus-per-run", type=float, metavar="N",
+                   help="GPUs reserved per run (default: 0; Ray allows fractions)")
     g.add_argument("--ray-address", help="join this Ray cluster (e.g. auto, head:6379); default: start a local one")
-    g.add_argument("--ray-max-retries", type=int, metavar="N", help="retries of a run whose Ray worker died (default: 2)")
+    g.add_argument("--ray-max-retries", type=int, metavar="N",
+                   help="retries of a run whose Ray worker died (default: 2)")
     g.add_argument("--slurm-partition", help="SLURM partition of the job array")
     g.add_argument("--slurm-time", type=int, metavar="MINUTES", help="time limit per run (default: 240)")
     g.add_argument("--slurm-max-parallel", type=int, metavar="N", help="array tasks running at once (default: SLURM's)")
     g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. account=proj or mem=32G (repeatable)")
     g.add_argument("--slurm-cluster", choices=["slurm", "local"],
-                   help="local: run the job array as processes on this machine, to try it before submitting")
+                   help="slurm (default): submit with sbatch; local: run the job array as processes on this "
+                        "machine, to try it before submitting")
 
 
 def from_args(args: argparse.Namespace) -> ClusterOptions | None:
@@ -113,13 +118,18 @@ def from_args(args: argparse.Namespace) -> ClusterOptions | None:
         raise ConfigError(f"--jobs applies to --executor local; {args.executor} runs as many runs at once as "
                           f"its workers fit (--cpus-per-run, --gpus-per-run)")
     given = {k: v for k, v in vars(args).items() if k in flags and v not in (None, [])}
+    for name in ("ray_address", "slurm_partition"):
+        if name in given and not given[name].strip():
+            raise ConfigError(f"--{name.replace('_', '-')} is empty; name one or leave the flag out")
     given["slurm_options"] = tuple(_key_value(o) for o in given.pop("slurm_option", []))
     opts = ClusterOptions(args.executor, **given)
-    for flag, value, positive in [("--cpus-per-run", opts.cpus_per_run, True), ("--gpus-per-run", opts.gpus_per_run, False),
-                                  ("--ray-max-retries", opts.ray_max_retries, False),
-                                  ("--slurm-time", opts.slurm_time, True), ("--slurm-max-parallel", opts.slurm_max_parallel, True)]:
-        if value is not None and (value < 0 or (positive and value == 0)):
-            raise ConfigError(f"{flag} must be {'above' if positive else 'at least'} 0, got {value:g}")
+    bounds = [("--cpus-per-run", opts.cpus_per_run, True), ("--gpus-per-run", opts.gpus_per_run, False),
+              ("--ray-max-retries", opts.ray_max_retries, False), ("--slurm-time", opts.slurm_time, True),
+              ("--slurm-max-parallel", opts.slurm_max_parallel, True)]  # (flag, value, must be above 0)
+    for flag, value, positive in bounds:
+        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ConfigError(f"{flag} must be a finite number {'above' if positive else 'of at least'} 0, "
+                              f"got {value:g}")
         if opts.executor == "slurm" and value is not None and value != int(value):
             raise ConfigError(f"{flag} must be a whole number for --executor slurm (SLURM allocates whole CPUs "
                               f"and GPUs), got {value:g}")

@@ -19,6 +19,7 @@ from methods import ConfigError
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10
 PROBE_TIMEOUT_S = 300  # a node busy starting workers can be slow, but one that never answers is an error
 
 
@@ -34,7 +35,7 @@ def _run(task: RunTask, spec: RunSpec) -> dict | NotVisible:
 
 def run(opts: ClusterOptions, waves: list[list[RunSpec]], task: RunTask) -> dict[str, dict]:
     """Run each wave to its end before the next; joins ``--ray-address`` or starts (and stops) a local Ray."""
-    started = _connect(opts.ray_address)
+    connected = _connect(opts.ray_address)
     try:
         _check_nodes(opts, task)
         results: dict[str, dict] = {}
@@ -42,12 +43,20 @@ def run(opts: ClusterOptions, waves: list[list[RunSpec]], task: RunTask) -> dict
             results.update(_run_wave(opts, wave, task))
         return results
     finally:
-        if started:
+        if connected:
             ray.shutdown()
 
 
 def _connect(address: str | None) -> bool:
-    """Whether this call started Ray (a driver that is already connected, as in tests, is left as it is)."""
+    """Connect unless this process already is (as in the tests); True when it connected, so that it
+    disconnects at the end, which also stops a local Ray it started."""
+    host, sep, port = (address or "").rpartition(":")
+    if sep and host and port.isdigit() and "://" not in address:  # Ray itself retries a dead address for minutes
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise ConfigError(f"no Ray head answers at {address} ({e.strerror or e}); check --ray-address "
+                              f"(`ray start --head` prints it)") from None
     if ray.is_initialized():
         return False
     try:
@@ -64,8 +73,8 @@ def _check_nodes(opts: ClusterOptions, task: RunTask) -> None:
     able = [n for n in nodes if n["Resources"].get("CPU", 0) >= opts.cpus_per_run
             and n["Resources"].get("GPU", 0) >= opts.gpus_per_run]
     if not able:
-        raise ConfigError(f"no node of the Ray cluster has {opts.cpus_per_run:g} CPUs and {opts.gpus_per_run:g} "
-                          f"GPUs for a run; lower --cpus-per-run / --gpus-per-run")
+        raise ConfigError(f"no node of the Ray cluster has room for one run ({opts.cpus_per_run:g} CPUs, "
+                          f"{opts.gpus_per_run:g} GPUs); lower --cpus-per-run / --gpus-per-run or add such nodes")
     probes = [_probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(task)
               for n in able]
     try:

@@ -42,7 +42,8 @@ def run(opts: ClusterOptions, waves: list[list[RunSpec]], task: RunTask) -> dict
     for wave in waves:
         jobs = executor.map_array(worker, wave)
         with open(task.out / "slurm_logs" / "runs.tsv", "a") as f:
-            f.writelines(f"{s.run_id}\t{j.job_id}\t{s.method}\t{dict(s.params)}\t{s.seed}\n" for s, j in zip(wave, jobs))
+            f.writelines(f"{s.run_id}\t{j.job_id}\t{s.method}\t{dict(s.params)}\t{s.seed}\n"
+                         for s, j in zip(wave, jobs))
         log.info("submitted %d runs as SLURM job array %s; logs in %s", len(jobs), jobs[0].job_id.split("_")[0],
                  task.out / "slurm_logs")
         try:

@@ -154,6 +154,12 @@ def test_output_folder_not_visible_from_a_worker(executor, tmp_path, monkeypatch
     assert not any((tmp_path / "runs").iterdir())  # nothing ran
 
 
+def test_ray_refuses_runs_no_node_has_room_for(ray_cluster, tmp_path, capsys):
+    assert main(tmp_path, *GRID, "--executor", "ray", "--gpus-per-run", "1") == 2  # the local Ray has no GPU
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "no node of the Ray cluster has room for one run (1 CPUs, 1 GPUs)" in err[0]
+
+
 def test_slurm_job_array_gives_the_local_executors_run_folders(reference, tmp_path):
     pytest.importorskip("submitit")
     assert main(tmp_path, *GRID, "--executor", "slurm", "--slurm-cluster", "local") == 0
@@ -178,11 +184,13 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be above 0, got 0"),
-    (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run must be at least 0, got -1"),
-    (["--executor", "ray", "--ray-max-retries", "-1"], "--ray-max-retries must be at least 0"),
+    (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be a finite number above 0, got 0"),
+    (["--executor", "ray", "--cpus-per-run", "inf"], "--cpus-per-run must be a finite number above 0, got inf"),
+    (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run must be a finite number of at least 0, got -1"),
+    (["--executor", "ray", "--ray-max-retries", "-1"], "--ray-max-retries must be a finite number of at least 0"),
+    (["--executor", "ray", "--ray-address", " "], "--ray-address is empty"),
     (["--executor", "slurm", "--gpus-per-run", "0.5"], "must be a whole number for --executor slurm"),
-    (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be above 0"),
+    (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be a finite number above 0"),
     (["--executor", "slurm", "--slurm-option", "account"], "bad --slurm-option 'account'"),
     (["--cpus-per-run", "2"], "--cpus-per-run applies to --executor ray or slurm"),
     (["--executor", "ray", "--slurm-partition", "gpu"], "--slurm-partition applies to --executor slurm"),
@@ -193,6 +201,13 @@ def test_bad_cluster_flags_one_line_exit_2(args, message, tmp_path, capsys):
     assert main(tmp_path, "--preset", "smoke", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_unreachable_ray_address(tmp_path, capsys):
+    pytest.importorskip("ray")
+    assert main(tmp_path, "--preset", "smoke", "--executor", "ray", "--ray-address", "127.0.0.1:1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Ray head answers at 127.0.0.1:1" in err[0] and "check --ray-address" in err[0]
 
 
 def test_slurm_refuses_a_node_local_output_folder_and_a_machine_without_slurm(tmp_path, monkeypatch, capsys):
