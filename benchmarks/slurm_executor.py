@@ -29,9 +29,9 @@ class SlurmRunTask(RunTask):
 
 def run(opts: ClusterOptions, waves: list[list[RunSpec]], task: RunTask) -> dict[str, dict]:
     """Submit each wave as one job array and wait for it before submitting the next."""
-    if opts.slurm_cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm found no sbatch here; run it on a SLURM login node (or try the "
-                          "job array on this machine with --slurm-cluster local)")
+    if opts.slurm_cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise ConfigError("--executor slurm found no SLURM here (sbatch, srun); run it on a SLURM login node "
+                          "(or try the job array on this machine with --slurm-cluster local)")
     executor = submitit.AutoExecutor(folder=task.out / "slurm_logs" / "%j", cluster=opts.slurm_cluster)
     executor.update_parameters(
         name="scnn-bench", timeout_min=opts.slurm_time, cpus_per_task=int(opts.cpus_per_run),

@@ -222,7 +222,7 @@ def test_slurm_refuses_a_node_local_output_folder_and_a_machine_without_slurm(tm
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert main(tmp_path, "--preset", "smoke", "--executor", "slurm") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "found no sbatch here; run it on a SLURM login node" in err[0]
+    assert len(err) == 1 and "found no SLURM here (sbatch, srun); run it on a SLURM login node" in err[0]
 
 
 @pytest.mark.parametrize("executor, module", [("ray", "ray"), ("slurm", "submitit")])
