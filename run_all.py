@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from benchmarks import executors
 from benchmarks.data import DataError, load_dataset
 from benchmarks.figures import build_all
 from benchmarks.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="with --list-methods: each method's parameters and grids")
     p.add_argument("--describe", metavar="METHOD", help="print one method's parameters, defaults and grids and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    executors.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -92,27 +94,32 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("--jobs %d is more than the %d cores here: runs will compete for them", args.jobs, os.cpu_count())
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out is empty; name a results folder (default: results/<preset>)")
+    cluster = executors.from_args(args)  # None: the local executor
     device = pick_device(args.device)
     # methods named on the command line must work; of all registered ones, broken plugins are skipped
     specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods))
     out = Path(args.out if args.out is not None else f"results/{preset.name}")
     _check_writable(out)
-    # loaded once here, which also checks the data up front; worker processes (--jobs) load their own,
-    # so the parent keeps it on the CPU (no CUDA context before forking)
-    data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 else "cpu")
+    # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
+    # their own, so the parent keeps it on the CPU (no CUDA context before forking)
+    data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 and not cluster else "cpu")
     specs = bind_data(specs, data)
     for name, err in PLUGIN_ERRORS.items():
         log.error("%s (skipped; the other methods still run)", err)
     if args.rerun:
         _forget(specs, out)
-    done = sum(read_result(out / "runs" / s.run_id, deep=False) is not None for s in specs)
+    done = sum((r := read_result(out / "runs" / s.run_id, deep=False)) is not None and r["status"] == "ok"
+               for s in specs)
     log.info("preset %s, data %s (fingerprint %s): %d runs into %s", preset.name, data.name, data.fingerprint,
              len(specs), out)
     if done:
         log.info("%d of %d runs already have results in %s and are reused, not retrained (pass --rerun to train "
                  "them again, or --out a fresh folder and compare with `python -m benchmarks.compare %s NEW`)",
                  done, len(specs), out, out)
-    results = run_all(specs, str(out), args.data_dir, args.device, args.jobs, data if args.jobs <= 1 else None)
+    if cluster is None:
+        results = run_all(specs, str(out), args.data_dir, args.device, args.jobs, data if args.jobs <= 1 else None)
+    else:
+        results = executors.run(cluster, specs, out, args.data_dir, args.device)
     build_all(out)
     failed = [r for r in results if r.get("status") != "ok"]
     log.info("%d runs ok, %d failed; tables in %s, figures in %s", len(results) - len(failed), len(failed),
