@@ -10,7 +10,7 @@ from benchmarks.rundir import read_result
 
 COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
-           "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes", "train_seconds", "status", "error"]
+           "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes", "train_seconds", "collapsed_layers", "status", "error"]
 
 
 def collect(out: str | Path) -> pd.DataFrame:
@@ -32,6 +32,7 @@ def collect(out: str | Path) -> pd.DataFrame:
             "epochs": train.get("epochs"),
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
+            "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
             **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
                                         "weights_total", "unique_values", "entropy_bits", "entropy_per_weight",
                                         "entropy_per_weight_nonzero", "packed_bytes")},
@@ -51,6 +52,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out = g[vals].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out.insert(0, "seeds", g.size())
+    # layers that lost every channel in any seed's run: such a network passes nothing through them
+    out["collapsed_layers"] = g.collapsed_layers.agg(lambda x: " ".join(sorted({n for v in x.fillna("") for n in v.split()})))
     return out.reset_index()
 
 
@@ -79,6 +82,8 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
             "entropy bits/weight (without 0)": [f"{a:.2f} ({b:.2f})" for a, b in zip(part.entropy_per_weight_mean,
                                                                                     part.entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
+            **({"collapsed layers (all channels lost)": part.collapsed_layers}
+               if part.collapsed_layers.str.len().any() else {}),
         })
         lines += [table.to_markdown(index=False), ""]
     near = near_float(s)

@@ -44,19 +44,32 @@ def quantize(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelQuantizer(nn.Module):
-    """A weight parametrization holding the layer's bit depths and exponents."""
+    """A weight parametrization holding the layer's bit depths and exponents.
+
+    Two notions of a dead channel: at ``b <= 0`` it is gone for good and removed from the network
+    (``alive``); a channel whose codes all round to zero while ``b > 0`` (weight decay shrinks weights
+    relative to 2^e) is silent: the export drops it, so training zeroes its output too (``sounding``), but it
+    may speak again once a weight rounds away from zero."""
 
     def __init__(self, weight: torch.Tensor, bits_init: float):
         super().__init__()
         out = weight.shape[0]
         self.b = nn.Parameter(torch.full((out,), float(bits_init), device=weight.device))
         self.e = nn.Parameter(initial_exponents(weight, bits_init))
+        self._nonzero: torch.Tensor | None = None  # per channel: any code nonzero, at the last forward
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return quantize(w, self.b, self.e)
+        q = quantize(w, self.b, self.e)
+        self._nonzero = (q.detach() != 0).reshape(q.shape[0], -1).any(dim=1)
+        return q
 
     def alive(self) -> torch.Tensor:
         return self.b.detach() > 0
+
+    def sounding(self) -> torch.Tensor:
+        """Channels whose output counts: alive with at least one nonzero code (as in the export)."""
+        a = self.alive()
+        return a if self._nonzero is None or self._nonzero.shape != a.shape else a & self._nonzero
 
 
 def initial_exponents(weight: torch.Tensor, bits: float) -> torch.Tensor:
@@ -72,6 +85,12 @@ def integer_bits(codes: torch.Tensor) -> torch.Tensor:
     need_hi = torch.where(hi > 0, torch.floor(torch.log2(hi.double().clamp(min=1))) + 2, 0)
     need_lo = torch.where(lo < 0, torch.ceil(torch.log2((-lo).double())) + 1, 0)
     return torch.maximum(need_hi, need_lo).long()
+
+
+def collapsed_layers(topo, alive: dict[str, int]) -> list[str]:
+    """Layers that lost every output channel: the network then passes nothing through them, and its output
+    no longer depends on the input beyond that point (the run records it; the tables mark it)."""
+    return [n.name for n in topo.nodes if alive[n.name] == 0]
 
 
 @register("self_compression")
@@ -118,8 +137,9 @@ class SelfCompression(Method):
 
     @staticmethod
     def _mask_hook(q: ChannelQuantizer):
+        # runs after the layer's own forward, so ``sounding`` reflects the codes this very forward used
         def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
-            return out * q.alive().to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+            return out * q.sounding().to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
         return hook
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:
@@ -163,8 +183,9 @@ class SelfCompression(Method):
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         with torch.no_grad():
             q, w = self.size_terms()
+        alive = {n: int(q_.alive().sum()) for n, q_ in self.quantizers.items()}
         return {"Q": float(q), "est_bits_pct": 100.0 * float(q) / 32, "est_weights_pct": 100.0 * float(w),
-                "channels_alive": {n: int(q_.alive().sum()) for n, q_ in self.quantizers.items()}}
+                "channels_alive": alive, "collapsed_layers": collapsed_layers(self.topo, alive)}
 
     @torch.no_grad()
     def export(self, model: nn.Module, spec: ModelSpec) -> CompressedModel:
@@ -182,8 +203,8 @@ class SelfCompression(Method):
             codes[~q.alive().cpu()] = 0
             layers.append(LayerCode(n.name, n.kind, tuple(w.shape), shapes[n.name], "channel", codes,
                                     bits=integer_bits(codes), scales=scale.flatten().float().cpu()))
-            if n.bn is not None:
-                zero_bn[n.bn] = ~q.alive().cpu()
+            if n.bn is not None:  # dead or silent: every code zero, output masked in training
+                zero_bn[n.bn] = (codes.reshape(codes.shape[0], -1) == 0).all(dim=1)
         cm = export_layers(model, spec, layers)
         for bn, dead in zero_bn.items():  # masked channels output exactly zero in the decoded model too
             for k in ("weight", "bias"):

@@ -146,3 +146,69 @@ def test_training_with_large_gamma_removes_channels_and_small_gamma_keeps_accura
     assert rep_big.bits_remaining_pct < 0.5 * rep_small.bits_remaining_pct
     assert rep_big.weights_remaining_pct < 100.0
     assert big.conv2[0].weight.shape[0] < 16 or big.conv1[0].weight.shape[0] < 8  # physically removed
+
+
+def _trained_and_decoded(sc, model, spec, x):
+    model.eval()
+    with torch.no_grad():
+        trained = model(x)
+    decoded = to_module(packing.from_bytes(packing.to_bytes(sc.export(model, spec))))
+    with torch.no_grad():
+        return trained, decoded(x)
+
+
+def test_channel_with_bits_but_all_codes_zero_computes_the_exported_function():
+    """b > 0, yet every weight rounds to zero (weights shrank relative to 2^e): the export drops the
+    channel, so training must not pass its BatchNorm shift on either."""
+    spec = ModelSpec("tinycnn")
+    sc, model = prepared(spec)
+    randomize_bn(model)
+    q = sc.quantizers["conv1.0"]
+    with torch.no_grad():
+        w = model.conv1[0].parametrizations.weight.original
+        w[2] = 0.1 * 2.0 ** q.e[2]  # |w| / 2^e = 0.1: rounds to 0 at any b
+    x = torch.randn(4, 3, 32, 32)
+    trained, decoded = _trained_and_decoded(sc, model, spec, x)
+    assert bool(q.alive()[2]) and not bool(q.sounding()[2])
+    assert torch.allclose(trained, decoded, atol=1e-5), (trained - decoded).abs().max()
+    with torch.no_grad():  # the channel speaks again once a weight rounds away from zero
+        w[2, 0, 0, 0] = 3.0 * 2.0 ** q.e[2]
+        model(x)
+    assert bool(q.sounding()[2])
+
+
+def test_layer_that_loses_every_channel_is_recorded_and_still_decodes_exactly():
+    spec = ModelSpec("tinycnn")
+    sc, model = prepared(spec)
+    randomize_bn(model)
+    with torch.no_grad():
+        sc.quantizers["conv2.0"].b.fill_(-0.5)
+    opt = torch.optim.Adam([p for q in sc.quantizers.values() for p in (q.b, q.e)], lr=0.1)
+    sc.after_step(model, [opt])
+    assert sc.epoch_metrics(model)["collapsed_layers"] == ["conv2.0"]
+    x = torch.randn(4, 3, 32, 32)
+    trained, decoded = _trained_and_decoded(sc, model, spec, x)
+    assert torch.allclose(trained, decoded, atol=1e-5)
+    assert torch.allclose(trained, trained[:1].expand_as(trained))  # the output no longer depends on the input
+
+
+def test_tables_mark_collapsed_layers(tmp_path):
+    import json
+
+    from benchmarks.report import write_tables
+
+    for i, collapsed in enumerate([["conv2.0"], []]):
+        folder = tmp_path / "runs" / f"r{i}"
+        folder.mkdir(parents=True)
+        size = {"bits": 1, "bits_remaining_pct": 1.0 + i, "weights_remaining_pct": 50.0, "weights_total": 1,
+                "weights_remaining": 1, "unique_values": 1, "entropy_per_weight": 0, "entropy_per_weight_nonzero": 0,
+                "packed_bytes": 1}
+        spec = {"method": "self_compression", "params": {"gamma": i}, "seed": 0, "dataset": "d",
+                "data_fingerprint": "f", "model": {"name": "n", "width": 1}, "train": {"epochs": 1}}
+        (folder / "result.json").write_text(json.dumps({
+            "status": "ok", "run_id": f"r{i}", "spec": spec, "accuracy": 10.0, "size": size,
+            "method_metrics": {"collapsed_layers": collapsed}}))
+    df = write_tables(tmp_path)
+    assert list(df.collapsed_layers.fillna("")) == ["conv2.0", ""]
+    row = next(line for line in (tmp_path / "tables.md").read_text().splitlines() if "gamma=0 " in line)
+    assert "conv2.0" in row
