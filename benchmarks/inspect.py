@@ -20,16 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     args = p.parse_args(argv)
     try:
-        data = args.file.read_bytes()
-        cm = packing.from_bytes(data, str(args.file))
+        cm, layout = packing.read_file(args.file)
     except (OSError, packing.PackedFileError) as e:
         print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
         return 2
-    report = size_report(cm, packed_bytes=len(data))
+    report = size_report(cm, layout)
     if args.json:
         print(json.dumps({"file": str(args.file), "arch": cm.arch.as_dict(), **report.as_dict()}, indent=1))
     else:
-        print(f"{args.file}: {cm.arch.name} x{cm.arch.width:g}, {len(cm.layers)} layers, {len(data)} bytes")
+        print(f"{args.file}: {cm.arch.name} x{cm.arch.width:g}, {len(cm.layers)} layers, format version "
+              f"{layout.version}, {layout.file_bytes} bytes ({layout.header_bytes} of them prelude and header)")
         print(report.table())
     return 0
 
