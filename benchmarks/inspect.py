@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cm, layout = packing.read_file(args.file)
-    except (OSError, packing.PackedFileError) as e:
+    except OSError as e:
         print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
+        return 2
+    except packing.PackedFileError as e:  # one line, naming the file
+        print(f"error: {e}", file=sys.stderr)
         return 2
     report = size_report(cm, layout)
     if args.json:

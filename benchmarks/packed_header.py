@@ -50,7 +50,7 @@ def _int(x: object, what: str, lo: int = 0, hi: int = INT64 - 1) -> int:
 def _shape(x: object, what: str) -> tuple[int, ...]:
     if not isinstance(x, list) or not 1 <= len(x) <= 8:
         _fail(f"{what} must be a list of 1 to 8 integers")
-    return tuple(_int(v, what, 1, MAX_WEIGHTS) for v in x)
+    return tuple(_int(v, f"{what} entries", 1, MAX_WEIGHTS) for v in x)
 
 
 def _keys(d: object, required: set[str], optional: set[str], what: str) -> dict:

@@ -83,9 +83,9 @@ def _float_bits(x: torch.Tensor) -> np.ndarray:
     return x.float().contiguous().numpy().view(np.uint32).astype(np.uint64)
 
 
-def _symbols(layer: LayerCode, mask: torch.Tensor, cb_bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _symbols(layer: LayerCode, mask: torch.Tensor, cm: CompressedModel) -> tuple[np.ndarray, np.ndarray]:
     """The stored code of every remaining weight (channel codes offset by 2^(b-1)) and its width."""
-    w = bits_per_weight(layer, cb_bits)[mask]
+    w = bits_per_weight(layer, cm.codebook_bits)[mask]
     codes = layer.codes[mask]
     if layer.scheme == "float":
         return _float_bits(codes), w.numpy()
@@ -118,10 +118,11 @@ def _side(layer: LayerCode, dead: torch.Tensor) -> tuple[dict, list[np.ndarray],
     return meta, vals, widths
 
 
-def _record(layer: LayerCode, mask: torch.Tensor, dead: torch.Tensor, cb_bits: int, coding: str) -> tuple[bytes, dict]:
+def _record(layer: LayerCode, mask: torch.Tensor, dead: torch.Tensor, cm: CompressedModel,
+            coding: str) -> tuple[bytes, dict]:
     """The layer's bytes in the file: fixed-length, or ANS-coded when asked for or shorter."""
     meta, vals, widths = _side(layer, dead)
-    sym, w = _symbols(layer, mask, cb_bits)
+    sym, w = _symbols(layer, mask, cm)
     fixed = pack_bits(np.concatenate(vals + [sym]), np.concatenate(widths + [w]))
     if coding == "fixed" or layer.scheme == "float" or not entropy_coding.available():
         return fixed, {**meta, "coding": "fixed", "nbytes": len(fixed)}
@@ -144,7 +145,7 @@ def to_bytes(cm: CompressedModel, coding: str = "auto") -> bytes:
     masks = remaining_mask(cm, dead_out)
     streams, layers = [], []
     for layer in cm.layers:
-        data, meta = _record(layer, masks[layer.name], dead_out[layer.name], cm.codebook_bits, coding)
+        data, meta = _record(layer, masks[layer.name], dead_out[layer.name], cm, coding)
         streams.append(data)
         layers.append(meta)
     header = {"format": FORMAT, "version": VERSION, "arch": cm.arch.as_dict(), "topology": cm.topology.as_dict(),
@@ -205,7 +206,11 @@ def load(path: str | os.PathLike) -> CompressedModel:
 
 def _parse(data: bytes, hlen: int, version: int) -> tuple[CompressedModel, FileLayout]:
     pos = _PRELUDE.size + hlen
-    plan = check_header(json.loads(data[_PRELUDE.size:pos].decode()), version, len(data) - 32 - pos)
+    try:
+        header = json.loads(data[_PRELUDE.size:pos].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PackedFileError(f"header is not UTF-8 JSON ({type(e).__name__})") from None
+    plan = check_header(header, version, len(data) - 32 - pos)
     records = []
     for meta in plan.layers:
         stream = data[pos:pos + meta["nbytes"]]
