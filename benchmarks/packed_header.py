@@ -18,7 +18,7 @@ from benchmarks.models import MODELS, ModelSpec, build_model, topology
 from benchmarks.topology import Topology, weight_of
 
 FORMAT = "scnn-bench packed model"
-MAX_WEIGHTS = 1 << 27  # 20x the paper-size ResNet-9; a larger architecture is refused before it is built
+MAX_WEIGHTS = 1 << 25  # 5x the paper-size ResNet-9 (256 MB of int64 codes); a larger architecture is refused unbuilt
 MAX_DEPTH = 32  # code bit depths (channel 0..32, group 1..32)
 INT64 = 1 << 63
 _TOP = {"format", "version", "arch", "topology", "layers", "codebook_size", "others"}

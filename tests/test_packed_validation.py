@@ -107,7 +107,7 @@ def test_header_keys_and_types_are_checked(edit, match):
     (set_in(["layers", 0, "bits", "n"], 50_000_000), "bits.n must be an integer in 8..8"),
     (set_in(["layers", 0, "n_dead"], 50_000_000), "n_dead must be an integer in 0..8"),
     (set_in(["layers", 2, "shape"], [10, 50_000_000]), "50000000 inputs, its input space gives 256"),
-    (set_in(["arch"], {"name": "resnet9", "width": 64.0, "num_classes": 10}), "more than 134217728 weights"),
+    (set_in(["arch"], {"name": "resnet9", "width": 64.0, "num_classes": 10}), "more than 33554432 weights"),
 ])
 def test_sizes_are_bounded_by_the_file_before_allocating(edit, match):
     data = edit_header(packing.to_bytes(base_model(), "fixed"), edit)
