@@ -59,6 +59,9 @@ class CompressedModel:
     layers: list[LayerCode]
     others: dict[str, torch.Tensor] = field(default_factory=dict)  # BatchNorm and biases, float32
     codebook: torch.Tensor | None = None  # float32, shared by every ``codebook`` layer
+    # Per layer, the dead output channels as a packed file lists them (set by the reader, whose codes for
+    # unstored weights are only placeholders); None: found from the decoded weights (``dead_outputs``).
+    dead: dict[str, torch.Tensor] | None = None
 
     def layer(self, name: str) -> LayerCode:
         for layer in self.layers:
@@ -105,7 +108,9 @@ def bits_per_weight(layer: LayerCode, codebook_bits: int) -> torch.Tensor:
 
 
 def dead_outputs(cm: CompressedModel) -> dict[str, torch.Tensor]:
-    """Per layer, the output channels whose weights all decode to zero."""
+    """Per layer, the output channels whose weights all decode to zero (as listed, for a model read from a file)."""
+    if cm.dead is not None:
+        return dict(cm.dead)
     return {layer.name: (decode_layer(layer, cm.codebook).reshape(layer.out_channels, -1) == 0).all(dim=1)
             for layer in cm.layers}
 
@@ -145,18 +150,23 @@ def to_module(cm: CompressedModel) -> nn.Module:
     return model.eval()
 
 
-def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """BatchNorm parameters and statistics and layer biases: everything stored besides the weights."""
+def other_tensor_refs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm parameters and statistics and layer biases, uncopied (also for a model on the meta device)."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             for k in ("weight", "bias", "running_mean", "running_var"):
                 t = getattr(m, k)
                 if t is not None:
-                    out[f"{name}.{k}"] = t.detach().float().cpu().clone()
+                    out[f"{name}.{k}"] = t
         elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-            out[f"{name}.bias"] = m.bias.detach().float().cpu().clone()
+            out[f"{name}.bias"] = m.bias
     return out
+
+
+def other_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm parameters and statistics and layer biases: everything stored besides the weights."""
+    return {k: t.detach().float().cpu().clone() for k, t in other_tensor_refs(model).items()}
 
 
 def export_layers(model: nn.Module, spec: ModelSpec, layers: list[LayerCode],

@@ -44,18 +44,23 @@ def _log_axis(axis: matplotlib.axis.Axis) -> None:
 
 
 def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
-    x = f"{axis}_remaining_pct"
+    """Accuracy against ``axis`` remaining: "bits" (fixed-length), "coded_bits" (as stored) or "weights"."""
+    x = "coded_bits_pct" if axis == "coded_bits" else f"{axis}_remaining_pct"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (method, model), part in s.groupby(["method", "model"]):
         if method == "float":
             ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
+            continue
+        part = part[part[f"{x}_mean"].notna()]  # runs from before packed format v2 have no coded bits
+        if part.empty:
             continue
         bars = ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
                            yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6, label=f"{method} ({model})")
         front = pareto(part.rename(columns={f"{x}_mean": "x", "accuracy_mean": "y"}), "x", "y")
         ax.plot(front.x, front.y, "-", color=bars[0].get_color())
     _log_axis(ax.xaxis)
-    ax.set_xlabel(f"{axis} remaining (%)")
+    ax.set_xlabel({"coded_bits": "coded bits remaining (%), as stored in the packed file"}.get(
+        axis, f"{axis} remaining (%)"))
     ax.set_ylabel("test accuracy of the exported model (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -130,6 +135,8 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     if not s.empty:
         accuracy_figure(s, "bits", folder)
         accuracy_figure(s, "weights", folder)
+    if not s.empty and s.coded_bits_pct_mean.notna().any():  # results written before packed format v2 have none
+        accuracy_figure(s, "coded_bits", folder)
     training_curve_figure(out, folder)
     weight_fixing_figure(out, folder)
     return sorted(folder.glob("*"))

@@ -1,139 +1,155 @@
-"""The packed model file: codes at their bit depth, side information, a plain-data header and a checksum.
+"""The packed model file: codes fixed-length or entropy-coded, side information, a plain-data header, a checksum.
 
-Format version 1 (little-endian)::
+Format version 2 (README, "Packed file format, version 2", is the complete description)::
 
-    b"SCNNPACK"                 8 bytes, magic
-    version                     uint16
-    header length H             uint32
-    header                      H bytes of UTF-8 JSON: architecture, topology, per layer its scheme,
-                                shapes, side-information widths and stream length, names and shapes of the
-                                float tensors
-    per layer, one bit stream   (MSB first, zero-padded to a byte):
-                                  dead output channels (indices), bit depths, exponents (offsets from the
-                                  minimum at the header's widths), float scales (float32), range lo/hi
-                                  (float32, group scheme),
-                                  then the code of every remaining weight in row-major order at its width
-                                  (channel codes offset by 2^(b-1); float weights as their float32 bits)
-    codebook                    float32 × K
-    float tensors               float32, BatchNorm and biases in header order
-    SHA-256                     32 bytes over everything before it
+    b"SCNNPACK", version uint16, header length H uint32    (little-endian)
+    header          H bytes of UTF-8 JSON: architecture, topology, per layer its scheme, shapes, coding,
+                    side-information widths and stream lengths, names and shapes of the float tensors
+    per layer       one bit stream (MSB first, zero-padded to a byte): dead output channels, bit depths,
+                    exponents, float scales, group range, then either every remaining weight's code at its
+                    width (coding "fixed", as in version 1) or the frequency tables of its codes
+                    (coding "ans"), in which case the ANS words follow (uint32, ``entropy_coding``)
+    codebook        float32 x K
+    float tensors   float32, BatchNorm and biases in header order
+    SHA-256         32 bytes over everything before it
 
-Nothing in a file is executed on load: the header is JSON and every tensor is raw numbers, so opening a
-stranger's file is safe. Truncated or altered files fail the checksum and are refused.
+The writer stores each layer in whichever coding is shorter. Version 1 files (every layer fixed) still load.
+Nothing in a file is executed on load, and nothing is allocated before the header has been checked against
+the architecture and the file's length (``packed_header``); every stream must be consumed exactly, so a file
+whose header contradicts its streams is refused with one ``PackedFileError`` line.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.compressed import CompressedModel, LayerCode, bits_per_weight, dead_outputs, remaining_mask
-from benchmarks.models import ModelSpec
+from benchmarks import entropy_coding
+from benchmarks.bitstream import BitReader, PackedFileError, pack_bits
+from benchmarks.compressed import (CompressedModel, LayerCode, bits_per_weight, decode_layer, dead_outputs,
+                                   group_bits_per_weight, remaining_mask)
+from benchmarks.packed_header import FORMAT, MAX_DEPTH, check_header
 from benchmarks.size import entry_width
-from benchmarks.topology import Topology
 
+__all__ = ["PackedFileError", "FileLayout", "StoredLayer", "to_bytes", "save", "read", "read_file", "from_bytes",
+           "load"]
+log = logging.getLogger(__name__)
 MAGIC = b"SCNNPACK"
-VERSION = 1
+VERSION = 2
 _PRELUDE = struct.Struct("<8sHI")
 
 
-class PackedFileError(ValueError):
-    """The file is not a valid packed model (wrong magic, version, checksum or layout)."""
+@dataclass(frozen=True)
+class StoredLayer:
+    """How one layer is stored, measured from the file."""
+
+    name: str
+    coding: str  # "fixed" or "ans"
+    stream_bytes: int  # the layer's bit stream
+    ans_words: int  # 32-bit ANS words after it (0 for fixed)
+    side_bits: int  # side information at the start of the bit stream
+    table_bits: int  # frequency tables after it (0 for fixed)
+
+    @property
+    def coded_bits(self) -> int:
+        return 8 * self.stream_bytes + 32 * self.ans_words
 
 
-def pack_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
-    """Concatenate ``values[i]`` written in ``widths[i]`` bits each, MSB first."""
-    values, widths = np.asarray(values, np.uint64), np.asarray(widths, np.int64)
-    if values.size == 0 or widths.max(initial=0) == 0:
-        return b""
-    w_max = int(widths.max())
-    j = np.arange(w_max)
-    valid = j[None, :] < widths[:, None]
-    shift = np.where(valid, widths[:, None] - 1 - j[None, :], 0).astype(np.uint64)
-    bits = ((values[:, None] >> shift) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bits[valid]).tobytes()
+@dataclass(frozen=True)
+class FileLayout:
+    """Where a packed file's bytes go: the measured storage behind ``coded_bits``."""
 
+    version: int
+    file_bytes: int
+    header_bytes: int  # prelude and JSON header: in the file size only, like the checksum
+    layers: tuple[StoredLayer, ...]
+    codebook_bytes: int
 
-def unpack_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
-    widths = np.asarray(widths, np.int64)
-    if widths.size == 0 or widths.max(initial=0) == 0:
-        return np.zeros(widths.size, np.uint64)
-    bits = np.unpackbits(np.frombuffer(data, np.uint8))
-    if bits.size < widths.sum():
-        raise PackedFileError("bit stream shorter than its header says")
-    w_max = int(widths.max())
-    j = np.arange(w_max)
-    valid = j[None, :] < widths[:, None]
-    idx = np.where(valid, (np.cumsum(widths) - widths)[:, None] + j[None, :], 0)
-    shift = np.where(valid, widths[:, None] - 1 - j[None, :], 0).astype(np.uint64)
-    return ((bits[idx].astype(np.uint64) * valid) << shift).sum(axis=1).astype(np.uint64)
-
-
-def _offsets(values: torch.Tensor) -> tuple[int, int, np.ndarray]:
-    lo = int(values.min()) if values.numel() else 0
-    return lo, entry_width(values), (values - lo).numpy().astype(np.uint64)
+    @property
+    def coded_bits(self) -> int:
+        """The weights as stored: every layer's streams (side information and tables included) and codebook."""
+        return sum(s.coded_bits for s in self.layers) + 8 * self.codebook_bytes
 
 
 def _float_bits(x: torch.Tensor) -> np.ndarray:
     return x.float().contiguous().numpy().view(np.uint32).astype(np.uint64)
 
 
-def _layer_stream(layer: LayerCode, mask: torch.Tensor, dead: torch.Tensor, cb_bits: int) -> tuple[bytes, dict]:
-    vals, widths = [], []
-    dead_idx = torch.nonzero(dead).flatten()
-    dead_w = max(1, (layer.out_channels - 1).bit_length())
-    vals.append(dead_idx.numpy().astype(np.uint64))
-    widths.append(np.full(len(dead_idx), dead_w))
+def _symbols(layer: LayerCode, mask: torch.Tensor, cm: CompressedModel) -> tuple[np.ndarray, np.ndarray]:
+    """The stored code of every remaining weight (channel codes offset by 2^(b-1)) and its width."""
+    w = bits_per_weight(layer, cm.codebook_bits)[mask]
+    codes = layer.codes[mask]
+    if layer.scheme == "float":
+        return _float_bits(codes), w.numpy()
+    c = codes.long() + (torch.where(w > 0, 2 ** (w - 1), 0) if layer.scheme == "channel" else 0)
+    if bool((c < 0).any()) or bool((c >= 2 ** w).any()):
+        raise ValueError(f"layer {layer.name}: a code does not fit its bit depth")
+    return c.numpy().astype(np.uint64), w.numpy()
+
+
+def _side(layer: LayerCode, dead: torch.Tensor) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    dead_idx = torch.nonzero(dead).flatten().numpy().astype(np.uint64)
+    vals, widths = [dead_idx], [np.full(len(dead_idx), max(1, (layer.out_channels - 1).bit_length()))]
     meta = {"name": layer.name, "kind": layer.kind, "shape": list(layer.shape), "full_shape": list(layer.full_shape),
             "scheme": layer.scheme, "n_dead": len(dead_idx), "group_size": layer.group_size}
     for key in ("bits", "exponents"):
         t = getattr(layer, key)
         if t is not None:
-            lo, w, off = _offsets(t)
-            meta[key] = {"n": t.numel(), "min": lo, "width": w}
-            vals.append(off)
-            widths.append(np.full(t.numel(), w))
+            lo = int(t.min())
+            meta[key] = {"n": t.numel(), "min": lo, "width": entry_width(t)}
+            vals.append((t - lo).numpy().astype(np.uint64))
+            widths.append(np.full(t.numel(), entry_width(t)))
+    floats = [layer.scales] if layer.scales is not None else []
     if layer.scales is not None:
         meta["n_scales"] = layer.scales.numel()
-        vals.append(_float_bits(layer.scales))
-        widths.append(np.full(layer.scales.numel(), 32))
     if layer.scheme == "group":
-        vals.append(_float_bits(torch.tensor([layer.lo, layer.hi])))
-        widths.append(np.full(2, 32))
-    w = bits_per_weight(layer, cb_bits)[mask].numpy()
-    codes = layer.codes[mask]
-    if layer.scheme == "float":
-        c = _float_bits(codes)
-    else:
-        c = codes.long()
-        if layer.scheme == "channel":
-            c = c + torch.where(torch.from_numpy(w) > 0, 2 ** (torch.from_numpy(w) - 1), 0)
-        if bool((c < 0).any()) or bool((c >= 2 ** torch.from_numpy(w)).any()):
-            raise ValueError(f"layer {layer.name}: a code does not fit its bit depth")
-        c = c.numpy().astype(np.uint64)
-    vals.append(c)
-    widths.append(w)
-    data = pack_bits(np.concatenate(vals), np.concatenate(widths))
-    meta["nbytes"] = len(data)
-    return data, meta
+        floats.append(torch.tensor([layer.lo, layer.hi]))
+    for f in floats:
+        vals.append(_float_bits(f))
+        widths.append(np.full(f.numel(), 32))
+    return meta, vals, widths
 
 
-def to_bytes(cm: CompressedModel) -> bytes:
+def _record(layer: LayerCode, mask: torch.Tensor, dead: torch.Tensor, cm: CompressedModel,
+            coding: str) -> tuple[bytes, dict]:
+    """The layer's bytes in the file: fixed-length, or ANS-coded when asked for or shorter."""
+    meta, vals, widths = _side(layer, dead)
+    sym, w = _symbols(layer, mask, cm)
+    fixed = pack_bits(np.concatenate(vals + [sym]), np.concatenate(widths + [w]))
+    if coding == "fixed" or layer.scheme == "float" or not entropy_coding.available():
+        return fixed, {**meta, "coding": "fixed", "nbytes": len(fixed)}
+    tv, tw, words = entropy_coding.encode(sym, w)
+    stream = pack_bits(np.concatenate(vals + [tv]), np.concatenate(widths + [tw]))
+    if coding == "auto" and len(stream) + 4 * len(words) >= len(fixed):
+        return fixed, {**meta, "coding": "fixed", "nbytes": len(fixed)}
+    return stream + words.astype("<u4").tobytes(), {**meta, "coding": "ans", "nbytes": len(stream),
+                                                    "ans_words": len(words)}
+
+
+def to_bytes(cm: CompressedModel, coding: str = "auto") -> bytes:
+    """The packed file. ``coding``: "auto" (per layer the shorter), "fixed" (as version 1 stored codes) or
+    "ans" (entropy-coded wherever the scheme allows); without constriction every layer is fixed-length."""
+    if coding not in ("auto", "fixed", "ans"):
+        raise ValueError(f"coding must be auto, fixed or ans, not {coding!r}")
+    if coding != "fixed" and not entropy_coding.available():
+        log.warning("constriction is not installed: writing fixed-length codes only (%s)", entropy_coding.INSTALL_HINT)
     dead_out = dead_outputs(cm)
     masks = remaining_mask(cm, dead_out)
     streams, layers = [], []
     for layer in cm.layers:
-        data, meta = _layer_stream(layer, masks[layer.name], dead_out[layer.name], cm.codebook_bits)
+        data, meta = _record(layer, masks[layer.name], dead_out[layer.name], cm, coding)
         streams.append(data)
         layers.append(meta)
-    header = {"format": "scnn-bench packed model", "version": VERSION, "arch": cm.arch.as_dict(),
-              "topology": cm.topology.as_dict(), "layers": layers,
-              "codebook_size": 0 if cm.codebook is None else len(cm.codebook),
+    header = {"format": FORMAT, "version": VERSION, "arch": cm.arch.as_dict(), "topology": cm.topology.as_dict(),
+              "layers": layers, "codebook_size": 0 if cm.codebook is None else len(cm.codebook),
               "others": [[k, list(v.shape)] for k, v in cm.others.items()]}
     h = json.dumps(header, separators=(",", ":")).encode()
     body = [_PRELUDE.pack(MAGIC, VERSION, len(h)), h, *streams]
@@ -144,9 +160,9 @@ def to_bytes(cm: CompressedModel) -> bytes:
     return blob + hashlib.sha256(blob).digest()
 
 
-def save(cm: CompressedModel, path: str | os.PathLike) -> int:
+def save(cm: CompressedModel, path: str | os.PathLike, coding: str = "auto") -> int:
     """Write atomically; returns the file size in bytes."""
-    data = to_bytes(cm)
+    data = to_bytes(cm, coding)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -154,107 +170,159 @@ def save(cm: CompressedModel, path: str | os.PathLike) -> int:
     return len(data)
 
 
-def from_bytes(data: bytes, source: str = "<bytes>") -> CompressedModel:
+def read(data: bytes, source: str = "<bytes>") -> tuple[CompressedModel, FileLayout]:
+    """The model and the measured layout of a packed file; anything invalid is one ``PackedFileError`` line."""
     if len(data) < _PRELUDE.size + 32:
         raise PackedFileError(f"{source}: too short to be a packed model ({len(data)} bytes)")
     magic, version, hlen = _PRELUDE.unpack_from(data)
     if magic != MAGIC:
         raise PackedFileError(f"{source}: not a scnn-bench packed model (bad magic)")
-    if version != VERSION:
-        raise PackedFileError(f"{source}: format version {version}; this scnn-bench reads version {VERSION}")
+    if version not in (1, VERSION):
+        raise PackedFileError(f"{source}: format version {version}; this scnn-bench reads versions 1 and {VERSION}")
     if hashlib.sha256(data[:-32]).digest() != data[-32:]:
         raise PackedFileError(f"{source}: checksum mismatch: the file is truncated or altered; refusing to load it")
+    if _PRELUDE.size + hlen > len(data) - 32:
+        raise PackedFileError(f"{source}: header length {hlen} runs past the end of the file")
     try:
-        return _parse(data, hlen)
-    except PackedFileError:
-        raise
+        return _parse(data, hlen, version)
+    except PackedFileError as e:
+        raise PackedFileError(f"{source}: {e}") from None
     except Exception as e:  # a valid checksum over a malformed body: written by something else
-        raise PackedFileError(f"{source}: malformed packed model ({type(e).__name__}: {e})") from None
+        raise PackedFileError(f"{source}: malformed packed model ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
 
 
-def _parse(data: bytes, hlen: int) -> CompressedModel:
-    pos = _PRELUDE.size
-    header = json.loads(data[pos:pos + hlen].decode())
-    pos += hlen
-    streams = []
-    for meta in header["layers"]:
-        streams.append(data[pos:pos + meta["nbytes"]])
-        pos += meta["nbytes"]
-    codebook = None
-    if header["codebook_size"]:
-        k = header["codebook_size"]
-        codebook = torch.from_numpy(np.frombuffer(data, "<f4", k, pos).astype(np.float32))
-        pos += 4 * k
-    others = {}
-    for name, shape in header["others"]:
-        n = int(np.prod(shape))
-        others[name] = torch.from_numpy(np.frombuffer(data, "<f4", n, pos).astype(np.float32)).reshape(shape)
-        pos += 4 * n
-    if pos != len(data) - 32:
-        raise PackedFileError(f"{len(data) - 32 - pos} unexpected bytes after the float tensors")
-    arch = ModelSpec(**header["arch"])
-    topo = Topology.from_dict(header["topology"])
-    cb_bits = max(1, (header["codebook_size"] - 1).bit_length())
-    layers = [_read_layer(meta, s, cb_bits) for meta, s in zip(header["layers"], streams)]
-    cm = CompressedModel(arch, topo, layers, others, codebook)
-    _fill_codes(cm, streams, cb_bits)
-    return cm
+def from_bytes(data: bytes, source: str = "<bytes>") -> CompressedModel:
+    return read(data, source)[0]
 
 
-def _read_layer(meta: dict, stream: bytes, cb_bits: int) -> LayerCode:
-    """Side information of a layer (codes are filled in once the dead channels are known)."""
-    widths = [np.full(meta["n_dead"], max(1, (meta["shape"][0] - 1).bit_length()))]
-    for key in ("bits", "exponents"):
-        if key in meta:
-            widths.append(np.full(meta[key]["n"], meta[key]["width"]))
-    if "n_scales" in meta:
-        widths.append(np.full(meta["n_scales"], 32))
-    if meta["scheme"] == "group":
-        widths.append(np.full(2, 32))
-    side = unpack_bits(stream, np.concatenate(widths)).astype(np.int64)
-    pos = meta["n_dead"]
-    fields: dict = {}
-    for key in ("bits", "exponents"):
-        if key in meta:
-            n = meta[key]["n"]
-            fields[key] = torch.from_numpy(side[pos:pos + n] + meta[key]["min"])
-            pos += n
-    if "n_scales" in meta:
-        n = meta["n_scales"]
-        fields["scales"] = torch.from_numpy(side[pos:pos + n].astype(np.uint32).view(np.float32).copy())
-        pos += n
-    if meta["scheme"] == "group":
-        lo, hi = side[pos:pos + 2].astype(np.uint32).view(np.float32)
-        fields.update(lo=float(lo), hi=float(hi))
-    layer = LayerCode(meta["name"], meta["kind"], tuple(meta["shape"]), tuple(meta["full_shape"]), meta["scheme"],
-                      torch.zeros(meta["shape"], dtype=torch.float32 if meta["scheme"] == "float" else torch.int64),
-                      group_size=meta["group_size"], **fields)
-    layer._side_widths = np.concatenate(widths)  # the codes follow these in the stream
-    layer._dead = torch.from_numpy(side[:meta["n_dead"]])
-    return layer
-
-
-def _fill_codes(cm: CompressedModel, streams: list[bytes], cb_bits: int) -> None:
-    """Codes are stored only for remaining weights: which those are follows from the dead channels listed."""
-    dead_out = {}
-    for layer in cm.layers:
-        dead_out[layer.name] = torch.zeros(layer.out_channels, dtype=torch.bool)
-        dead_out[layer.name][layer._dead] = True
-    masks = remaining_mask(cm, dead_out)
-    for layer, stream in zip(cm.layers, streams):
-        m = masks[layer.name]
-        w = bits_per_weight(layer, cb_bits)[m].numpy()
-        n_side = len(layer._side_widths)
-        vals = unpack_bits(stream, np.concatenate([layer._side_widths, w]))[n_side:]
-        if layer.scheme == "float":
-            codes = torch.from_numpy(vals.astype(np.uint32).view(np.float32).copy())
-        else:
-            codes = torch.from_numpy(vals.astype(np.int64))
-            if layer.scheme == "channel":
-                codes = codes - torch.where(torch.from_numpy(w) > 0, 2 ** (torch.from_numpy(w) - 1), 0)
-        layer.codes[m] = codes
-        del layer._side_widths, layer._dead
+def read_file(path: str | os.PathLike) -> tuple[CompressedModel, FileLayout]:
+    return read(Path(path).read_bytes(), str(path))
 
 
 def load(path: str | os.PathLike) -> CompressedModel:
-    return from_bytes(Path(path).read_bytes(), str(path))
+    return read_file(path)[0]
+
+
+def _parse(data: bytes, hlen: int, version: int) -> tuple[CompressedModel, FileLayout]:
+    pos = _PRELUDE.size + hlen
+    try:
+        header = json.loads(data[_PRELUDE.size:pos].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PackedFileError(f"header is not UTF-8 JSON ({type(e).__name__})") from None
+    plan = check_header(header, version, len(data) - 32 - pos)
+    records = []
+    for meta in plan.layers:
+        stream = data[pos:pos + meta["nbytes"]]
+        pos += meta["nbytes"]
+        records.append((stream, np.frombuffer(data, "<u4", meta["ans_words"], pos).astype(np.uint32)))
+        pos += 4 * meta["ans_words"]
+    codebook = None
+    if plan.codebook_size:
+        codebook = torch.from_numpy(np.frombuffer(data, "<f4", plan.codebook_size, pos).astype(np.float32))
+        pos += 4 * plan.codebook_size
+    others = {}
+    for name, shape in plan.others:
+        n = math.prod(shape)
+        others[name] = torch.from_numpy(np.frombuffer(data, "<f4", n, pos).astype(np.float32)).reshape(shape)
+        pos += 4 * n
+    layers, readers, dead_out, side_bits = [], [], {}, []
+    for meta, (stream, _) in zip(plan.layers, records):
+        reader = BitReader(stream, f"layer {meta['name']}")
+        fields, dead = _read_side(meta, reader)
+        dtype = torch.float32 if meta["scheme"] == "float" else torch.int64
+        layers.append(LayerCode(meta["name"], meta["kind"], meta["shape"], meta["full_shape"], meta["scheme"],
+                                torch.zeros(meta["shape"], dtype=dtype), group_size=meta["group_size"], **fields))
+        dead_out[meta["name"]] = torch.zeros(meta["shape"][0], dtype=torch.bool)
+        dead_out[meta["name"]][dead] = True
+        readers.append(reader)
+        side_bits.append(reader.pos)
+    cm = CompressedModel(plan.arch, plan.topology, layers, others, codebook, dead=dead_out)
+    masks = remaining_mask(cm, dead_out)
+    stored = []
+    for layer, meta, reader, (stream, words), side in zip(layers, plan.layers, readers, records, side_bits):
+        _read_codes(layer, meta, reader, words, masks[layer.name], cm)
+        stored.append(StoredLayer(layer.name, meta["coding"], len(stream), len(words), side,
+                                  reader.pos - side if meta["coding"] == "ans" else 0))
+    _check_dead(cm, masks)
+    return cm, FileLayout(version, len(data), _PRELUDE.size + hlen, tuple(stored), 4 * plan.codebook_size)
+
+
+def _read_side(meta: dict, reader: BitReader) -> tuple[dict, torch.Tensor]:
+    """Dead output channels and the scheme's side information, each checked against what it may hold."""
+    c = meta["shape"][0]
+    dead = reader.read_uniform(meta["n_dead"], max(1, (c - 1).bit_length()), "dead channels").astype(np.int64)
+    if bool((dead >= c).any()) or bool((np.diff(dead) <= 0).any()):
+        raise PackedFileError(f"{reader.what}: dead channel indices must be increasing and below {c}")
+    fields: dict = {}
+    for key in ("bits", "exponents"):
+        if key in meta:
+            f = meta[key]
+            off = reader.read_uniform(f["n"], f["width"], key)
+            if int(off.min()) != 0 or int(off.max()).bit_length() != f["width"]:
+                raise PackedFileError(f"{reader.what}: {key} not stored as offsets from their minimum at the fewest bits")
+            fields[key] = torch.from_numpy(off.astype(np.int64) + np.int64(f["min"]))
+    if "bits" in fields:
+        lo = 1 if meta["scheme"] == "group" else 0
+        if int(fields["bits"].min()) < lo or int(fields["bits"].max()) > MAX_DEPTH:
+            raise PackedFileError(f"{reader.what}: bit depths outside {lo}..{MAX_DEPTH}")
+    if "n_scales" in meta:
+        fields["scales"] = torch.from_numpy(reader.read_uniform(meta["n_scales"], 32, "scales").astype(np.uint32)
+                                            .view(np.float32).copy())
+    if meta["scheme"] == "group":
+        lo, hi = reader.read_uniform(2, 32, "range").astype(np.uint32).view(np.float32)
+        fields.update(lo=float(lo), hi=float(hi))
+    return fields, torch.from_numpy(dead)
+
+
+def _read_codes(layer: LayerCode, meta: dict, reader: BitReader, words: np.ndarray, mask: torch.Tensor,
+                cm: CompressedModel) -> None:
+    """Fill the codes of the remaining weights; the others get a code decoding to zero (a placeholder)."""
+    widths = bits_per_weight(layer, cm.codebook_bits)[mask].numpy()
+    if meta["coding"] == "fixed":
+        sym = reader.read(widths)
+        reader.finish()
+    else:
+        buckets = [(b, int((widths == b).sum())) for b in entropy_coding.bucket_widths(widths)]
+        tables = entropy_coding.read_tables(reader, buckets)
+        reader.finish()
+        sym = np.zeros(widths.size, np.uint64)
+        for (b, _), part in zip(buckets, entropy_coding.decode(words, tables, reader.what)):
+            sym[widths == b] = part
+    layer.codes = _zero_codes(layer, cm.codebook)
+    if layer.scheme == "float":
+        layer.codes[mask] = torch.from_numpy(sym.astype(np.uint32).view(np.float32).copy())
+        return
+    codes = torch.from_numpy(sym.astype(np.int64))
+    if layer.scheme == "channel":
+        w = torch.from_numpy(widths)
+        codes = codes - torch.where(w > 0, 2 ** (w - 1), 0)
+    if layer.scheme == "codebook" and codes.numel() and int(codes.max()) >= len(cm.codebook):
+        raise PackedFileError(f"{reader.what}: codebook index {int(codes.max())} >= codebook size {len(cm.codebook)}")
+    layer.codes[mask] = codes
+
+
+def _zero_codes(layer: LayerCode, codebook: torch.Tensor | None) -> torch.Tensor:
+    """Codes that decode to zero where the scheme has one (unstored weights are absent from the model)."""
+    if layer.scheme == "group":
+        b = group_bits_per_weight(layer).view(layer.shape).double()
+        top = torch.pow(2.0, b) - 1
+        c = torch.nan_to_num(torch.round(-layer.lo * top / (layer.hi - layer.lo)), nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.minimum(torch.maximum(c, torch.zeros(())), top).long()
+    if layer.scheme == "codebook":
+        zero = torch.nonzero(codebook == 0).flatten()
+        return torch.full(layer.shape, int(zero[0]) if len(zero) else 0, dtype=torch.int64)
+    return torch.zeros_like(layer.codes)
+
+
+def _check_dead(cm: CompressedModel, masks: dict[str, torch.Tensor]) -> None:
+    """The dead channels listed must be exactly those a writer would list: the ones decoding to zero."""
+    for layer in cm.layers:
+        c = layer.out_channels
+        zero = (decode_layer(layer, cm.codebook).reshape(c, -1) == 0).all(dim=1)
+        listed = cm.dead[layer.name]
+        whole = masks[layer.name].reshape(c, -1).all(dim=1)  # every weight of the channel is stored
+        wrong = torch.nonzero((listed & ~zero) | (~listed & zero & whole)).flatten()
+        if len(wrong):
+            raise PackedFileError(f"layer {layer.name}: channel {int(wrong[0])} is listed dead but does not decode "
+                                  "to zero, or decodes to zero but is not listed dead")

@@ -9,8 +9,17 @@ import pandas as pd
 from benchmarks.rundir import read_result
 
 COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
-           "weights_remaining_pct", "bits", "weights_remaining", "weights_total", "unique_values", "entropy_bits",
-           "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes", "train_seconds", "collapsed_layers", "status", "error"]
+           "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total",
+           "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
+           "packed_bytes", "train_seconds", "collapsed_layers", "status", "error"]
+SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
+             "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
+             "value_entropy_per_weight_nonzero", "packed_bytes")
+# result.json files written before packed format v2 carry the value entropies under their old names (same
+# definition). Their ``entropy_bits`` pooled the codes of every bit depth, a different quantity from
+# ``code_entropy_bits``, so it is not carried over: that column stays empty for them, as do the coded bits.
+OLD_SIZE_NAMES = {"entropy_per_weight": "value_entropy_per_weight",
+                  "entropy_per_weight_nonzero": "value_entropy_per_weight_nonzero"}
 
 
 def collect(out: str | Path) -> pd.DataFrame:
@@ -22,7 +31,7 @@ def collect(out: str | Path) -> pd.DataFrame:
         if r is None:
             continue
         spec = r["spec"]
-        size = r.get("size", {})
+        size = {OLD_SIZE_NAMES.get(k, k): v for k, v in (r.get("size") or {}).items()}
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
         train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
         rows.append({
@@ -33,19 +42,18 @@ def collect(out: str | Path) -> pd.DataFrame:
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
-            **{k: size.get(k) for k in ("bits_remaining_pct", "weights_remaining_pct", "bits", "weights_remaining",
-                                        "weights_total", "unique_values", "entropy_bits", "entropy_per_weight",
-                                        "entropy_per_weight_nonzero", "packed_bytes")},
+            **{k: size.get(k) for k in SIZE_KEYS},
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits")})
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
     keys = ["method", "params", "model", "dataset", "data_fingerprint", "epochs"]
-    vals = ["accuracy", "bits_remaining_pct", "weights_remaining_pct", "unique_values", "entropy_bits",
-            "entropy_per_weight", "entropy_per_weight_nonzero", "packed_bytes"]
+    vals = ["accuracy", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct", "unique_values",
+            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
     g = ok.groupby(keys)
@@ -76,11 +84,14 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
             **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
             "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
+            "coded bits remaining %": ["—" if pd.isna(m) else _pm(m, v, 3)
+                                       for m, v in zip(part.coded_bits_pct_mean, part.coded_bits_pct_std)],
             "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
                                                                   part.weights_remaining_pct_std)],
             "unique values": part.unique_values_mean.round(0).astype(int),
-            "entropy bits/weight (without 0)": [f"{a:.2f} ({b:.2f})" for a, b in zip(part.entropy_per_weight_mean,
-                                                                                    part.entropy_per_weight_nonzero_mean)],
+            "value entropy bits/weight (without 0)": [
+                f"{a:.2f} ({b:.2f})" for a, b in zip(part.value_entropy_per_weight_mean,
+                                                     part.value_entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
             **({"collapsed layers (all channels lost)": part.collapsed_layers}
                if part.collapsed_layers.str.len().any() else {}),

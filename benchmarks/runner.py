@@ -169,17 +169,17 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     def on_epoch(record: dict) -> None:
         rep = size_report(method.export(model, spec.model))  # measured by the harness, per epoch
         record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct,
-                      unique_values=rep.unique_values, entropy_per_weight=rep.entropy_per_weight)
+                      unique_values=rep.unique_values, value_entropy_per_weight=rep.value_entropy_per_weight)
         with open(folder / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     t0 = time.perf_counter()
     train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
     train_seconds = time.perf_counter() - t0 + elapsed + float_seconds
-    packed_bytes = packing.save(method.export(model, spec.model), folder / "model.packed")
-    artifact = packing.load(folder / "model.packed")  # score what was written, not what is in memory
+    packing.save(method.export(model, spec.model), folder / "model.packed")
+    artifact, layout = packing.read_file(folder / "model.packed")  # score what was written, not what is in memory
     decoded = to_module(artifact).to(data.train.images.device)
-    report = size_report(artifact, packed_bytes)
+    report = size_report(artifact, layout)
     result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(), "train_seconds": train_seconds,
               "method_metrics": method.epoch_metrics(model)}
     checkpoint.unlink(missing_ok=True)

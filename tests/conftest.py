@@ -32,3 +32,56 @@ def randomize_bn(model: torch.nn.Module) -> None:
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+
+
+CODEBOOK = torch.tensor([-0.5, -0.125, 0.0, 0.25, 1.0])  # zero not at index 0
+
+
+def skewed(shape: tuple[int, ...], lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
+    """Integer codes in [lo, hi] concentrated near the middle, as trained codes are (so entropy coding pays)."""
+    mid = (lo + hi) / 2
+    return (mid + torch.randn(shape, generator=g) * max(1.0, (hi - lo) / 6)).round().clamp(lo, hi).long()
+
+
+def scheme_model(scheme: str, cm: "CompressedModel", seed: int = 0) -> "CompressedModel":
+    """Every layer of a float export re-coded in ``scheme`` (or "mixed": one scheme per layer), with random
+    skewed codes and output channel 1 of every layer dead (its weights decode to zero)."""
+    from benchmarks.compressed import CompressedModel, LayerCode
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for i, L in enumerate(cm.layers):
+        s = ("channel", "group", "codebook", "channel_scales", "float")[i % 5] if scheme == "mixed" else scheme
+        c, shape = L.shape[0], L.shape
+        view = (-1,) + (1,) * (len(shape) - 1)
+        if s in ("channel", "channel_scales"):
+            b = torch.randint(1, 7, (c,), generator=g)
+            b[1] = 0
+            half = torch.where(b > 0, 2 ** (b - 1), 0).view(view)
+            codes = torch.maximum(torch.minimum(skewed(shape, -8, 7, g), half - 1), -half)
+            codes[b > 0, 0] = -1  # no channel dies by accident
+            codes[1] = 0
+            extra = ({"exponents": torch.randint(-6, 1, (c,), generator=g)} if s == "channel" else
+                     {"scales": torch.rand(c, generator=g) * 0.1 + 0.01})
+            layers.append(LayerCode(L.name, L.kind, shape, L.full_shape, "channel", codes, bits=b, **extra))
+        elif s == "group":
+            gs, n = 7, L.codes.numel()
+            b = torch.randint(1, 7, (-(-n // gs),), generator=g)
+            first, last = L.codes[0].numel(), 2 * L.codes[0].numel()
+            b[first // gs:(last - 1) // gs + 1] = 2  # channel 1 at depth 2, code 1: -1 + 1 * 3/3 = 0
+            per = b.repeat_interleave(gs)[:n].view(shape)
+            codes = torch.minimum(skewed(shape, 0, 63, g), 2 ** per - 1)
+            codes.view(c, -1)[:, 0] = 0  # decodes to lo = -1: no channel dies by accident
+            codes.view(-1)[first:last] = 1
+            layers.append(LayerCode(L.name, L.kind, shape, L.full_shape, "group", codes, bits=b, lo=-1.0, hi=2.0,
+                                    group_size=gs))
+        elif s == "codebook":
+            codes = skewed(shape, 0, 4, g)
+            codes.view(c, -1)[:, 0] = 0
+            codes[1] = 2
+            layers.append(LayerCode(L.name, L.kind, shape, L.full_shape, "codebook", codes))
+        else:
+            w = L.codes.clone()
+            w[1] = 0.0
+            layers.append(LayerCode(L.name, L.kind, shape, L.full_shape, "float", w))
+    uses_codebook = any(layer.scheme == "codebook" for layer in layers)
+    return CompressedModel(cm.arch, cm.topology, layers, cm.others, CODEBOOK.clone() if uses_codebook else None)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import packing
+from benchmarks.bitstream import pack_bits, unpack_bits
 from benchmarks.compressed import CompressedModel, LayerCode, export_float, to_module
 from benchmarks.size import size_report
 from conftest import randomize_bn
@@ -62,7 +63,8 @@ def test_entropy_and_unique_values_hand_counted(tiny):
         flat[::2] = -1
     r = size_report(cm)
     assert r.unique_values == 2 and r.nonzero_weights == math.ceil(216 / 2) + 1152 // 2 + 2560 // 2
-    assert r.entropy_bits == pytest.approx(sum(L.codes.numel() for L in cm.layers) * 1.0, rel=1e-3)
+    assert r.code_entropy_bits == pytest.approx(sum(L.codes.numel() for L in cm.layers) * 1.0, rel=1e-3)
+    assert r.value_entropy_per_weight == pytest.approx(1.0, rel=1e-3) and r.value_entropy_per_weight_nonzero == 0
 
 
 def test_residual_channel_stays_while_one_branch_keeps_it(small_resnet):
@@ -90,18 +92,17 @@ def test_save_load_round_trip_bit_exact(fixture, request, tmp_path):
     bits = {L.name: [(i % 5) for i in range(L.shape[0])] for L in cm.layers}
     bits["fc"] = [3] * cm.layer("fc").shape[0]
     q = channel_export(cm, bits)
-    size = packing.save(q, tmp_path / "m.packed")
-    back = packing.load(tmp_path / "m.packed")
+    size = packing.save(q, tmp_path / "m.packed", coding="fixed")
+    back, layout = packing.read_file(tmp_path / "m.packed")
     a, b = to_module(q), to_module(back)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(a(x), b(x))
-    r = size_report(back, size)
-    assert r.bits == size_report(q).bits
-    header = len(packing.to_bytes(q)) - sum(t.numel() * 4 for t in q.others.values()) - 32
-    payload_bits = r.bits  # every layer's stream is bits rounded up to a byte; the rest is the JSON header
-    assert 0 <= header * 8 - payload_bits < 8 * (len(q.layers) + 16 + 12 * 1024)
+    r = size_report(back, layout)
+    assert r.bits == size_report(q).bits and r.packed_bytes == size
+    # fixed-length: every layer's stream is its code and side bits rounded up to a byte
+    assert r.coded_bits == sum(-(-(x.code_bits + x.side_bits) // 8) * 8 for x in r.layers)
 
 
 def test_removed_channels_are_physically_absent(tiny):
@@ -127,7 +128,7 @@ def test_pack_bits_round_trip():
     vals = torch.randint(0, 2 ** 20, (500,)).numpy()
     widths = torch.randint(0, 21, (500,)).numpy()
     vals = vals % (1 << widths)
-    out = packing.unpack_bits(packing.pack_bits(vals, widths), widths)
+    out = unpack_bits(pack_bits(vals, widths), widths)
     assert (out == vals).all()
 
 

@@ -27,7 +27,9 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     df = pd.read_csv(tmp_path / "results.csv")
     assert set(df.method) >= {"float", "self_compression"} and (df.status == "ok").all()
     assert df.loc[df.method == "float", "bits_remaining_pct"].iloc[0] == 100.0
-    for name in ("accuracy_vs_bits", "accuracy_vs_weights", "self_compression_training", "weight_fixing_rounds"):
+    assert df.coded_bits_pct.notna().all() and (df.coded_bits_pct <= df.bits_remaining_pct + 1).all()
+    for name in ("accuracy_vs_bits", "accuracy_vs_coded_bits", "accuracy_vs_weights", "self_compression_training",
+                 "weight_fixing_rounds"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 0
     run = next(p for p in (tmp_path / "runs").iterdir() if json.loads((p / "config.json").read_text())["method"] != "float")
@@ -35,7 +37,8 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     # the size report read back from the packed file alone is the one the run recorded
     capsys.readouterr()
     assert inspect.main([str(run / "model.packed"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["bits"] == json.loads((run / "result.json").read_text())["size"]["bits"]
+    shown, recorded = json.loads(capsys.readouterr().out), json.loads((run / "result.json").read_text())["size"]
+    assert (shown["bits"], shown["coded_bits"]) == (recorded["bits"], recorded["coded_bits"])
     assert inspect.main([str(run / "config.json")]) == 2 and "not a scnn-bench packed model" in capsys.readouterr().err
     # a second invocation retrains nothing
     monkeypatch.setattr("benchmarks.runner._train_and_measure", lambda *a: pytest.fail("retrained a finished run"))
