@@ -142,13 +142,16 @@ def _forget(specs: list, out: Path) -> None:
 def describe(name: str) -> str:
     """A method's parameters (type, default) and default grids, for --describe and --list-methods --verbose."""
     cls = get_method(name)
+    try:
+        default = cls.Config()
+        needs_float = cls(default).needs_float_model
+    except Exception as e:  # a plugin broken beyond import: say so instead of failing the whole listing
+        return f"{name}: broken ({type(e).__name__}: {e}); fix or uninstall {cls.__module__}"
     doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "(no description)").strip().split("\n\n")[0]
     lines = [f"{name}: {' '.join(doc.split())}",
-             f"  starts from the trained float model (with its defaults): "
-             f"{'yes' if cls(cls.Config()).needs_float_model else 'no'}"]
+             f"  starts from the trained float model (with its defaults): {'yes' if needs_float else 'no'}"]
     fields = dataclasses.fields(cls.Config)
     lines.append("  parameters:" if fields else "  parameters: (none)")
-    default = cls.Config()
     for f in fields:
         lines.append(f"    {f.name} = {getattr(default, f.name)!r}  ({type(getattr(default, f.name)).__name__})")
     for preset, grid in cls.default_grid.items():

@@ -143,7 +143,7 @@ def test_crafted_checkpoint_executes_nothing(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    (folder / "checkpoint.pt").write_bytes(pickle.dumps({"epoch_index": Payload(), "elapsed": 0.0}))
+    (folder / "checkpoint.pt").write_bytes(pickle.dumps({"epoch_index": Payload(), "elapsed": 0.0}, protocol=2))
     result = execute(spec, tmp_path, data=data, progress=False)
     assert not marker.exists() and result["status"] == "ok"
 
