@@ -67,6 +67,27 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     _save(fig, folder, f"accuracy_vs_{axis}")
 
 
+def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
+    """Accuracy against measured inference speed-up (``benchmarks.speed``): what compression buys at run time."""
+    s = s[s.infer_speedup_mean.notna()]
+    if s.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for (method, model), part in s.groupby(["method", "model"]):
+        if method == "float":
+            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
+            continue
+        ax.errorbar(part.infer_speedup_mean, part.accuracy_mean, xerr=part.infer_speedup_std.fillna(0),
+                    yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{method} ({model})")
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("inference speed-up over the float net (batch 256, measured, CPU)")
+    ax.set_ylabel("test accuracy of the exported model (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, folder, "accuracy_vs_speedup")
+    return True
+
+
 def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple]:
     """(knob value, seed, history DataFrame) of every finished run of ``method`` whose history has the
     columns ``need`` (broken files are named in a warning and skipped, never fatal)."""
@@ -137,6 +158,8 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
         accuracy_figure(s, "weights", folder)
     if not s.empty and s.coded_bits_pct_mean.notna().any():  # results written before packed format v2 have none
         accuracy_figure(s, "coded_bits", folder)
+    if not s.empty:
+        speedup_figure(s, folder)
     training_curve_figure(out, folder)
     weight_fixing_figure(out, folder)
     return sorted(folder.glob("*"))

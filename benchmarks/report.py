@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.rundir import read_result
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total",
            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
-           "packed_bytes", "train_seconds", "collapsed_layers", "status", "error"]
+           "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", "collapsed_layers", "status",
+           "error"]
+SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.speed), CPU rows
 SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
              "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
              "value_entropy_per_weight_nonzero", "packed_bytes")
@@ -45,7 +50,25 @@ def collect(out: str | Path) -> pd.DataFrame:
             **{k: size.get(k) for k in SIZE_KEYS},
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits")})
+    speed = read_speed(out)
+    if not speed.empty:
+        df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
+    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits", *SPEED_KEYS)})
+
+
+def read_speed(out: str | Path) -> pd.DataFrame:
+    """``run_id`` and the measured inference columns of ``<out>/speed.csv`` (its CPU rows, else its first
+    device's); empty when there is none or it does not parse (then one warning says so)."""
+    f = Path(out) / "speed.csv"
+    if not f.is_file():
+        return pd.DataFrame()
+    try:
+        speed = pd.read_csv(f)
+        device = "cpu" if (speed.device == "cpu").any() else speed.device.iloc[0]
+        return speed[speed.device == device][["run_id", *SPEED_KEYS]].drop_duplicates("run_id")
+    except (OSError, ValueError, KeyError, AttributeError, IndexError) as e:
+        log.warning("%s does not parse (%s); measured speed left out, rerun python -m benchmarks.speed", f, e)
+        return pd.DataFrame()
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +76,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
     keys = ["method", "params", "model", "dataset", "data_fingerprint", "epochs"]
     vals = ["accuracy", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct", "unique_values",
-            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes"]
+            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
+            "macs_remaining_pct", "infer_speedup"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
     g = ok.groupby(keys)
@@ -93,6 +117,9 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                 f"{a:.2f} ({b:.2f})" for a, b in zip(part.value_entropy_per_weight_mean,
                                                      part.value_entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
+            **({"MACs remaining %": part.macs_remaining_pct_mean.round(1),
+                "inference speed-up (batch 256)": part.infer_speedup_mean.round(2)}
+               if part.infer_speedup_mean.notna().any() else {}),
             **({"collapsed layers (all channels lost)": part.collapsed_layers}
                if part.collapsed_layers.str.len().any() else {}),
         })

@@ -1,0 +1,153 @@
+"""``python -m benchmarks.speed OUT``: measured inference speed of every finished run's decoded model against
+the float model of the same net, and the multiply-accumulates each one really performs.
+
+"Smaller" is not "faster": a run that drops 70% of its weights in the late, low-resolution layers may keep
+most of its compute. So every model is rebuilt from its stored ``model.packed`` (removed channels
+physically absent, as the accounting counts them) and timed against the uncompressed net in one process,
+interleaved (float, run, float, run, ...), median of ``--repeats`` rounds: latency at batch 1 and throughput
+at batch 256, on the CPU and, when there is one, on CUDA. Weights are stored as float32 and run as such: the
+speed-up measured is that of structure (fewer channels), not of low-bit arithmetic, which PyTorch does not
+execute. Writes ``<out>/speed.csv``; the reports add ``macs``, ``macs_remaining_pct`` and ``infer_speedup``
+to ``results.csv`` and draw ``accuracy_vs_speedup`` from it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmarks import packing
+from benchmarks.compressed import to_module
+from benchmarks.figures import build_all
+from benchmarks.models import build_model
+from benchmarks.rundir import finished
+
+log = logging.getLogger(__name__)
+
+BATCHES = (1, 256)  # latency at batch 1, throughput at batch 256
+MIN_SECONDS = 0.2  # each timing repeats the forward pass until at least this long has passed
+
+
+def count_macs(model: nn.Module, image_size: int = 32) -> int:
+    """Multiply-accumulates of one forward pass of one image through every convolution and linear layer
+    (BatchNorm, activations, pooling and residual sums are not counted)."""
+    total = 0
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += m.in_features * m.out_features
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def _seconds_per_batch(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds per forward pass of ``x``, averaged over passes repeated for at least ``MIN_SECONDS``."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    model(x)  # warm-up (allocations, kernel selection)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        model(x)
+        n += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= MIN_SECONDS:
+            return elapsed / n
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
+def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Time every finished run of ``out`` against its float net; one row per (run, device)."""
+    devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    runs = []
+    for folder in sorted(d for d in Path(out).glob("runs/*") if d.is_dir()):
+        r = finished(folder)
+        if r is not None:
+            cm = packing.load(folder / "model.packed")
+            runs.append((r, cm.arch, to_module(cm)))
+    rows = []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        for arch in {a for _, a, _ in runs}:
+            ref = _prepare(build_model(arch), device)
+            ref_macs = count_macs(ref)
+            mine = [(r, _prepare(m, device)) for r, a, m in runs if a == arch]
+            times = {(r["run_id"], b): [] for r, _ in mine for b in BATCHES} | {("float", b): [] for b in BATCHES}
+            xs = {b: torch.randn(b, 3, 32, 32, device=device) for b in BATCHES}
+            if device.type == "cpu":
+                xs = {b: x.contiguous(memory_format=torch.channels_last) for b, x in xs.items()}
+            for _ in tqdm(range(repeats), desc=f"speed {arch.name}x{arch.width:g} {dev_name}",
+                          disable=None if progress else True):
+                for r, m in mine:  # interleaved: the float net is timed right before each run
+                    for b in BATCHES:
+                        times[("float", b)].append(_seconds_per_batch(ref, xs[b]))
+                        times[(r["run_id"], b)].append(_seconds_per_batch(m, xs[b]))
+            f1, f256 = (statistics.median(times[("float", b)]) for b in BATCHES)
+            for r, m in mine:
+                t1, t256 = (statistics.median(times[(r["run_id"], b)]) for b in BATCHES)
+                macs = count_macs(m)
+                rows.append({"run_id": r["run_id"], "method": r["spec"]["method"], "device": dev_name,
+                             "macs": macs, "macs_remaining_pct": 100.0 * macs / ref_macs,
+                             "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
+                             "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
+                             "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1,
+                             "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "measured": datetime.date.today().isoformat()})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is kept (default 5)")
+    p.add_argument("--device", action="append", choices=["cpu", "cuda"],
+                   help="time on this device (repeatable; default: cpu, and cuda when present)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.out / "runs").is_dir():
+        print(f"error: no runs in {args.out}/runs; pass a results folder written by run_all.py", file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        return 2
+    if "cuda" in (args.device or []) and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA device is available here; leave it out", file=sys.stderr)
+        return 2
+    df = measure(args.out, args.repeats, args.device)
+    try:
+        df.to_csv(args.out / "speed.csv", index=False)
+        build_all(args.out)
+    except OSError as e:
+        print(f"error: cannot write into {args.out} ({e.strerror or e}); pass a writable results folder",
+              file=sys.stderr)
+        return 2
+    print(df[["method", "device", "macs_remaining_pct", "latency_speedup_b1", "infer_speedup"]]
+          .to_markdown(index=False, floatfmt=".2f"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

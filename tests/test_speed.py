@@ -1,0 +1,49 @@
+"""benchmarks.speed: one row per finished run, positive timings, MACs equal to a direct count."""
+import pandas as pd
+import torch
+
+import run_all
+from benchmarks import packing, speed
+from benchmarks.compressed import to_module
+from benchmarks.models import ModelSpec, build_model, topology
+from benchmarks.topology import prune_
+
+
+def test_macs_hand_count_of_tinycnn_and_a_pruned_copy():
+    model = build_model(ModelSpec("tinycnn"))
+    shapes = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    x, expected = torch.zeros(1, 3, 32, 32), 0
+
+    def hook(m, i, o):
+        nonlocal expected
+        expected += (o.shape[2] * o.shape[3] * m.out_channels * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                     if isinstance(m, torch.nn.Conv2d) else m.in_features * m.out_features)
+    handles = [m.register_forward_hook(hook) for m in shapes]
+    model.eval()(x)
+    for h in handles:
+        h.remove()
+    assert speed.count_macs(model) == expected > 0
+    topo = topology(model)
+    space = topo.spaces[0]
+    channels = dict(model.named_modules())[topo.producers(space)[0].name].weight.shape[0]
+    prune_(model, topo, {space: torch.arange(channels) < 2})  # two channels go, with their consumers' inputs
+    assert speed.count_macs(model) < expected
+
+
+def test_speed_on_the_smoke_grid(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_all.main(["--preset", "smoke", "--out", str(out), "-q", "--methods", "float,self_compression",
+                         "--grid", "self_compression.gamma=0.3"]) == 0
+    assert speed.main([str(out), "--repeats", "1"]) == 0
+    df = pd.read_csv(out / "speed.csv")
+    assert len(df) == 2 and set(df.device) == {"cpu"}
+    assert (df[["latency_ms_b1", "float_latency_ms_b1", "throughput_b256", "float_throughput_b256"]] > 0).all().all()
+    for _, row in df.iterrows():
+        decoded = to_module(packing.load(out / "runs" / row.run_id / "model.packed"))
+        assert row.macs == speed.count_macs(decoded)
+    assert df.set_index("method").macs_remaining_pct["float"] == 100.0
+    assert df.set_index("method").macs_remaining_pct["self_compression"] < 100.0
+    results = pd.read_csv(out / "results.csv")
+    assert results.infer_speedup.notna().all() and (results.macs > 0).all()
+    assert (out / "figures" / "accuracy_vs_speedup.png").is_file()
+    assert speed.main([str(tmp_path / "nowhere")]) == 2
