@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.paired import paired
 from benchmarks.rundir import read_result
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,14 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                   "Per method and net, the fewest bits and the fewest weights remaining among grid points whose "
                   "mean accuracy is at least the float model's minus 1 point.", "",
                   near.to_markdown(index=False, floatfmt=".2f"), ""]
+    pairs = paired(df)
+    if not pairs.empty:
+        lines += ["## Methods at matched bits remaining", "",
+                  "Each method's accuracy read off its own curve (linear in log bits, never extrapolated) at the grid "
+                  "points of either method inside the range both cover; `a − b` is taken seed by seed and given as "
+                  "mean and std over the seeds both have. A difference within two standard errors of zero is a "
+                  "tie. Rebuilt by `python -m benchmarks.figures`.", "",
+                  pairs.to_markdown(index=False, floatfmt=".2f"), ""]
     failed = df[df.status != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]

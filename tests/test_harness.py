@@ -222,3 +222,25 @@ def test_near_float_picks_the_smallest_sizes_within_one_point():
                       "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0]})
     r = near_float(s).iloc[0]  # the 88.9% point is more than a point below float: excluded
     assert (r["fewest bits %"], r["accuracy there %"], r["fewest weights %"]) == (5.0, 89.2, 50.0)
+
+
+def test_matched_bits_interpolation_against_a_hand_example():
+    """a at bits 2, 4, 8 (acc 80, 84, 88), b at 4, 16 (82, 90): in the shared range [4, 8], b at 8 bits is
+    halfway in log2 between 4 and 16, so 86; a − b = 2 at both matched sizes."""
+    from benchmarks.paired import paired, verdict
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.5), (2, -0.5)):
+        for bits, acc in ((2, 80), (4, 84), (8, 88)):
+            rows.append(("a", f"a{bits}", seed, bits, acc + shift))
+        for bits, acc in ((4, 82), (16, 90)):
+            rows.append(("b", f"b{bits}", seed, bits, acc))
+    df = pd.DataFrame(rows, columns=["method", "params", "seed", "bits_remaining_pct", "accuracy"])
+    df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    p = paired(df)
+    assert list(p["bits remaining %"]) == [4, 8]
+    assert list(p["accuracy b %"]) == pytest.approx([82, 86]) and list(p["accuracy a %"]) == pytest.approx([84, 88])
+    assert list(p["a − b (points)"]) == pytest.approx([2, 2]) and list(p["std"]) == pytest.approx([0.5, 0.5])
+    assert list(p.seeds) == [3, 3] and list(p.verdict) == ["a", "a"]
+    assert verdict("a", "b", 0.3, 0.5, 3) == "tie" and verdict("a", "b", -2, 0.5, 3) == "b"
+    assert verdict("a", "b", 2, float("nan"), 1) == "no verdict (1 seed)"
