@@ -3,9 +3,10 @@ the float model of the same net, and the multiply-accumulates each one really pe
 
 "Smaller" is not "faster": a run that drops 70% of its weights in the late, low-resolution layers may keep
 most of its compute. So every model is rebuilt from its stored ``model.packed`` (removed channels
-physically absent, as the accounting counts them) and timed against the uncompressed net in one process,
-interleaved (float, run, float, run, ...), median of ``--repeats`` rounds: latency at batch 1 and throughput
-at batch 256, on the CPU and, when there is one, on CUDA. Weights are stored as float32 and run as such: the
+physically absent, as the accounting counts them) and timed against the uncompressed net (the folder's
+trained float model when it has one) in one process, interleaved (the float net right before a run in even
+rounds, right after it in odd ones), median of ``--repeats`` rounds: latency at batch 1 and throughput at
+batch 256, on the CPU and, when there is one, on CUDA. Weights are stored as float32 and run as such: the
 speed-up measured is that of structure (fewer channels), not of low-bit arithmetic, which PyTorch does not
 execute. Writes ``<out>/speed.csv``; the reports add ``macs``, ``macs_remaining_pct`` and ``infer_speedup``
 to ``results.csv`` and draw ``accuracy_vs_speedup`` from it.
@@ -13,6 +14,7 @@ to ``results.csv`` and draw ``accuracy_vs_speedup`` from it.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import logging
 import statistics
@@ -34,7 +36,7 @@ from benchmarks.rundir import finished
 log = logging.getLogger(__name__)
 
 BATCHES = (1, 256)  # latency at batch 1, throughput at batch 256
-MIN_SECONDS = 0.2  # each timing repeats the forward pass until at least this long has passed
+MIN_SECONDS = 0.5  # each timing repeats the forward pass until at least this long has passed
 
 
 def count_macs(model: nn.Module, image_size: int = 32) -> int:
@@ -59,8 +61,8 @@ def count_macs(model: nn.Module, image_size: int = 32) -> int:
 
 
 @torch.no_grad()
-def _seconds_per_batch(model: nn.Module, x: torch.Tensor) -> float:
-    """Seconds per forward pass of ``x``, averaged over passes repeated for at least ``MIN_SECONDS``."""
+def _seconds_per_batch(model: nn.Module, x: torch.Tensor, min_seconds: float = MIN_SECONDS) -> float:
+    """Seconds per forward pass of ``x``, averaged over passes repeated for at least ``min_seconds``."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     model(x)  # warm-up (allocations, kernel selection)
     sync()
@@ -70,7 +72,7 @@ def _seconds_per_batch(model: nn.Module, x: torch.Tensor) -> float:
         n += 1
         sync()
         elapsed = time.perf_counter() - t0
-        if elapsed >= MIN_SECONDS:
+        if elapsed >= min_seconds:
             return elapsed / n
 
 
@@ -79,7 +81,8 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
-def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None, progress: bool = True,
+            min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
     """Time every finished run of ``out`` against its float net; one row per (run, device)."""
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     runs = []
@@ -92,19 +95,22 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
     for dev_name in devices:
         device = torch.device(dev_name)
         for arch in {a for _, a, _ in runs}:
-            ref = _prepare(build_model(arch), device)
+            # the trained float model when the folder has one (same weights a user would run), else the net
+            float_runs = [m for r, a, m in runs if a == arch and r["spec"]["method"] == "float"]
+            ref = _prepare(copy.deepcopy(float_runs[0]) if float_runs else build_model(arch), device)
             ref_macs = count_macs(ref)
             mine = [(r, _prepare(m, device)) for r, a, m in runs if a == arch]
             times = {(r["run_id"], b): [] for r, _ in mine for b in BATCHES} | {("float", b): [] for b in BATCHES}
             xs = {b: torch.randn(b, 3, 32, 32, device=device) for b in BATCHES}
             if device.type == "cpu":
                 xs = {b: x.contiguous(memory_format=torch.channels_last) for b, x in xs.items()}
-            for _ in tqdm(range(repeats), desc=f"speed {arch.name}x{arch.width:g} {dev_name}",
+            for i in tqdm(range(repeats), desc=f"speed {arch.name}x{arch.width:g} {dev_name}",
                           disable=None if progress else True):
-                for r, m in mine:  # interleaved: the float net is timed right before each run
+                for r, m in mine:  # interleaved, the float net right before or after each run, by turns
                     for b in BATCHES:
-                        times[("float", b)].append(_seconds_per_batch(ref, xs[b]))
-                        times[(r["run_id"], b)].append(_seconds_per_batch(m, xs[b]))
+                        pair = [("float", ref), (r["run_id"], m)]
+                        for key, net in pair if i % 2 == 0 else pair[::-1]:
+                            times[(key, b)].append(_seconds_per_batch(net, xs[b], min_seconds))
             f1, f256 = (statistics.median(times[("float", b)]) for b in BATCHES)
             for r, m in mine:
                 t1, t256 = (statistics.median(times[(r["run_id"], b)]) for b in BATCHES)
@@ -114,7 +120,7 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
                              "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
                              "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
                              "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1,
-                             "repeats": repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "repeats": repeats, "seconds_per_timing": min_seconds, "threads": torch.get_num_threads(), "torch": torch.__version__,
                              "measured": datetime.date.today().isoformat()})
     return pd.DataFrame(rows)
 
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is kept (default 5)")
+    p.add_argument("--seconds", type=float, default=MIN_SECONDS,
+                   help=f"each timing runs forward passes for at least this long (default {MIN_SECONDS})")
     p.add_argument("--device", action="append", choices=["cpu", "cuda"],
                    help="time on this device (repeatable; default: cpu, and cuda when present)")
     args = p.parse_args(argv)
@@ -130,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.out / "runs").is_dir():
         print(f"error: no runs in {args.out}/runs; pass a results folder written by run_all.py", file=sys.stderr)
         return 2
-    if args.repeats < 1:
-        print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+    if args.repeats < 1 or not args.seconds > 0:
+        print(f"error: --repeats must be at least 1 and --seconds above 0, got {args.repeats} and {args.seconds}",
+              file=sys.stderr)
         return 2
     if "cuda" in (args.device or []) and not torch.cuda.is_available():
         print("error: --device cuda, but no CUDA device is available here; leave it out", file=sys.stderr)
         return 2
-    df = measure(args.out, args.repeats, args.device)
+    df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
     try:
         df.to_csv(args.out / "speed.csv", index=False)
         build_all(args.out)

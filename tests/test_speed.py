@@ -34,7 +34,7 @@ def test_speed_on_the_smoke_grid(tmp_path, capsys):
     out = tmp_path / "out"
     assert run_all.main(["--preset", "smoke", "--out", str(out), "-q", "--methods", "float,self_compression",
                          "--grid", "self_compression.gamma=0.3"]) == 0
-    assert speed.main([str(out), "--repeats", "1"]) == 0
+    assert speed.main([str(out), "--repeats", "1", "--seconds", "0.05"]) == 0
     df = pd.read_csv(out / "speed.csv")
     assert len(df) == 2 and set(df.device) == {"cpu"}
     assert (df[["latency_ms_b1", "float_latency_ms_b1", "throughput_b256", "float_throughput_b256"]] > 0).all().all()
