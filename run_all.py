@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s (skipped; the other methods still run)", err)
     if args.rerun:
         _forget(specs, out)
-    done = sum((r := read_result(out / "runs" / s.run_id, deep=False)) is not None and r["status"] == "ok"
+    done = sum((r := read_result(out / "runs" / s.run_id, warn=False)) is not None and r["status"] == "ok"
                for s in specs)
     log.info("preset %s, data %s (fingerprint %s): %d runs into %s", preset.name, data.name, data.fingerprint,
              len(specs), out)

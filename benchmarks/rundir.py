@@ -92,10 +92,11 @@ def check_result(r: Any, folder: Path) -> dict:
     return r
 
 
-def read_result(folder: Path, deep: bool = True) -> dict | None:
+def read_result(folder: Path, deep: bool = True, warn: bool = True) -> dict | None:
     """The run's checked ``result.json``; None when the run has none or it does not check out (then one
     warning line names the run and says it will be redone). With ``deep``, a finished run also needs its
-    ``model.packed`` and a ``history.jsonl`` that parses."""
+    ``model.packed`` and a ``history.jsonl`` that parses. ``warn=False`` only looks (a count, say), so that
+    the one warning comes from whoever redoes the run."""
     f = folder / "result.json"
     if not f.is_file():
         return None
@@ -110,7 +111,8 @@ def read_result(folder: Path, deep: bool = True) -> dict | None:
                 raise RunFileError("result.json says ok but model.packed is missing")
             read_history(folder / "history.jsonl", strict=True)
     except RunFileError as e:
-        log.warning("run %s: %s; it counts as not done and the next grid redoes it", folder.name, e)
+        if warn:
+            log.warning("run %s: %s; it counts as not done and the next grid redoes it", folder.name, e)
         return None
     return r
 
