@@ -42,9 +42,10 @@ def run_lock(folder: Path) -> FileLock:
     return FileLock(folder / ".lock")
 
 
-def read_history(path: Path, strict: bool = False) -> list[dict]:
-    """The per-epoch records of ``history.jsonl``. A line that does not parse as a JSON object raises
-    ``RunFileError`` when ``strict``; otherwise it is skipped with one warning naming the file and line."""
+def read_history(path: Path, strict: bool = False, limit: int | None = None) -> list[dict]:
+    """The per-epoch records of ``history.jsonl`` (the first ``limit`` of them, when given: lines after
+    those are not read). A line that does not parse as a JSON object raises ``RunFileError`` when
+    ``strict``; otherwise it is skipped with one warning naming the file and line."""
     records = []
     try:
         lines = path.read_text().splitlines()
@@ -54,6 +55,8 @@ def read_history(path: Path, strict: bool = False) -> list[dict]:
         log.warning("%s is unreadable (%s); no history shown for this run", path, e)
         return []
     for i, line in enumerate(lines, 1):
+        if limit is not None and len(records) == limit:
+            break
         if not line.strip():
             continue
         try:

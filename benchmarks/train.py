@@ -210,6 +210,12 @@ class StaleCheckpoint(RuntimeError):
     start afresh."""
 
 
+def _brief(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _discard(path: Path, why: str) -> None:
     log.warning("checkpoint %s %s; removed it, the run starts afresh", path, why)
     path.unlink(missing_ok=True)
@@ -225,7 +231,7 @@ def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
         state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: nothing executes
         return int(state["epoch_index"]), float(state["elapsed"])
     except Exception as e:  # torn write, a foreign or crafted file, older code
-        _discard(path, f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        _discard(path, f"is unreadable ({_brief(e)})")
         return 0, 0.0
 
 
@@ -235,9 +241,10 @@ def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
     A history that does not hold the checkpoint's epochs intact cannot be continued: the checkpoint goes."""
     done, elapsed = checkpoint_progress(checkpoint)
     records: list[dict] = []
-    if done:  # a line torn by the interruption lies after the checkpoint's epochs
+    if done:
         try:
-            records = read_history(history, strict=True)[:done] if history.is_file() else []
+            # only the checkpoint's epochs: a line torn by the interruption lies after them
+            records = read_history(history, strict=True, limit=done) if history.is_file() else []
         except RunFileError as e:
             records = []
             _discard(checkpoint, f"goes with a broken history ({e})")
@@ -259,7 +266,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, g
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
     except Exception as e:  # written by other code: never half-resume
-        _discard(Path(path), f"does not fit this run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        _discard(Path(path), f"does not fit this run ({_brief(e)})")
         raise StaleCheckpoint(f"checkpoint {path} does not fit this run") from None
     rng = state["rng"]
     gen.set_state(rng["gen"].cpu())
@@ -299,8 +306,12 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
     it twice; an unreadable entry is named in one warning and trained again."""
     path = float_cache_path(cache_dir, spec, data.fingerprint, cfg)
     device = data.train.images.device
-    seed_everything(cfg.seed)
-    model = build_model(spec).to(device)
+
+    def fresh() -> nn.Module:  # the seeded initial model; rebuilt when a cache entry or checkpoint fails
+        seed_everything(cfg.seed)
+        return build_model(spec).to(device)
+
+    model = fresh()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
         if path.is_file():
@@ -309,11 +320,9 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
                 model.load_state_dict(blob["state_dict"])
                 return model, blob["meta"]
             except Exception as e:  # torn, foreign, or written for another net
-                log.warning("float-model cache %s is unreadable (%s: %s); training it again", path,
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                log.warning("float-model cache %s is unreadable (%s); training it again", path, _brief(e))
                 path.unlink()
-                seed_everything(cfg.seed)
-                model = build_model(spec).to(device)
+                model = fresh()
         ckpt, hist = path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")
         history, elapsed = resume_history(hist, ckpt)
 
@@ -327,8 +336,7 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
         except StaleCheckpoint:  # removed: train the entry from the start
             history, elapsed = resume_history(hist, ckpt)
-            seed_everything(cfg.seed)
-            model = build_model(spec).to(device)
+            model = fresh()
             train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
         meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": path.stem}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

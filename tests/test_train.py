@@ -95,3 +95,18 @@ def test_describe_counts_weights_and_macs():
                        "macs": 216 * 32 * 32}
     assert rows[-1]["weights"] == 16 * 16 * 10 and rows[-1]["macs"] == 2560
     assert sum(r["weights"] for r in describe(build_model(ModelSpec("resnet9")))) == 6_568_640
+
+
+def test_resume_keeps_a_checkpoint_whose_history_has_a_torn_line_after_its_epochs(tmp_path):
+    """An interruption can tear the history line being written after the last checkpoint: the checkpoint's
+    epochs are intact, so the run resumes from it instead of starting afresh."""
+    from benchmarks.train import resume_history
+
+    ckpt, hist = tmp_path / "checkpoint.pt", tmp_path / "history.jsonl"
+    torch.save({"epoch_index": 2, "elapsed": 5.0}, ckpt)
+    hist.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    records, elapsed = resume_history(hist, ckpt)
+    assert records == [{"epoch": 1}, {"epoch": 2}] and elapsed == 5.0 and ckpt.is_file()
+    assert hist.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    hist.write_text('{"epoch": 1}\n{"epo')  # but a tear inside the checkpoint's epochs cannot be continued
+    assert resume_history(hist, ckpt) == ([], 0.0) and not ckpt.exists()
