@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,9 +171,8 @@ def _int(text: str, flag: str) -> int:
 def _check_writable(out: Path) -> None:
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a private probe: two grids starting on one folder must not delete each other's
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
         raise OSError(f"output folder {out} is not writable ({e.strerror}); pass --out to a writable folder") from None
 
