@@ -17,7 +17,7 @@ from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.report import summary, write_tables  # noqa: E402
-from benchmarks.rundir import read_history, read_result  # noqa: E402
+from benchmarks.rundir import read_history, read_result, replacing  # noqa: E402
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -32,7 +32,8 @@ def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def _save(fig: plt.Figure, folder: Path, name: str) -> None:
     for ext in ("png", "pdf"):
-        fig.savefig(folder / f"{name}.{ext}", dpi=150, bbox_inches="tight")
+        with replacing(folder / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -37,6 +37,7 @@ from benchmarks.bitstream import BitReader, PackedFileError, pack_bits
 from benchmarks.compressed import (CompressedModel, LayerCode, bits_per_weight, decode_layer, dead_outputs,
                                    group_bits_per_weight, remaining_mask)
 from benchmarks.packed_header import FORMAT, MAX_DEPTH, check_header
+from benchmarks.rundir import replacing
 from benchmarks.size import entry_width
 
 __all__ = ["PackedFileError", "FileLayout", "StoredLayer", "to_bytes", "save", "read", "read_file", "from_bytes",
@@ -163,10 +164,8 @@ def to_bytes(cm: CompressedModel, coding: str = "auto") -> bytes:
 def save(cm: CompressedModel, path: str | os.PathLike, coding: str = "auto") -> int:
     """Write atomically; returns the file size in bytes."""
     data = to_bytes(cm, coding)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with replacing(Path(path)) as tmp:
+        tmp.write_bytes(data)
     return len(data)
 
 

@@ -22,7 +22,7 @@ import torch
 from benchmarks import packing
 from benchmarks.compressed import to_module
 from benchmarks.figures import build_all
-from benchmarks.rundir import finished, run_lock, write_json
+from benchmarks.rundir import finished, replacing, run_lock, write_json
 from benchmarks.size import size_report
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,11 @@ def repack(folder: Path) -> bool:
     a, b = to_module(old).state_dict(), to_module(new).state_dict()
     if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
         raise packing.PackedFileError(f"{path}: the rewritten file does not decode to the same network; left it")
-    tmp = path.with_name(path.name + ".repack.tmp")
-    tmp.write_bytes(data)
     result = finished(folder)
     result["size_before_repack"] = result["size"]
     result["size"] = size_report(new, layout).as_dict()
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     write_json(folder / "result.json", result)
     return True
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.paired import paired
-from benchmarks.rundir import read_result
+from benchmarks.rundir import read_result, replacing
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
     out = Path(out)
     dest = Path(dest) if dest is not None else out
     df = collect(out)
-    df.to_csv(dest / "results.csv", index=False)
+    with replacing(dest / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
     s = summary(df)
     lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.figures --out {out}`.", ""]
     if s.data_fingerprint.nunique() > 1:
@@ -142,7 +143,8 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
     failed = df[df.status != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]
-    (dest / "tables.md").write_text("\n".join(lines))
+    with replacing(dest / "tables.md") as tmp:
+        tmp.write_text("\n".join(lines))
     return df
 
 

@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from filelock import FileLock
 
@@ -30,11 +31,23 @@ class RunFileError(ValueError):
     """A run file that does not parse or does not hold what a run folder must."""
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically: a reader sees the old file or the new one, never a torn one."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A private temporary path to write, moved onto ``path`` on success: a reader (or a second grid
+    writing the same report) sees the old file or the new one, never a torn one. The temporary name keeps
+    the process id, so two writers never share one."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (see ``replacing``)."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def run_lock(folder: Path) -> FileLock:

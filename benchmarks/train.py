@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.rundir import RunFileError, read_history
+from benchmarks.rundir import RunFileError, read_history, replacing
 from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
 
@@ -200,9 +200,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, o
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {"model": model.state_dict(), "method": method.state_dict(),
              "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(Path(path)) as tmp:
+        torch.save(state, tmp)
 
 
 class StaleCheckpoint(RuntimeError):
@@ -339,9 +338,8 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             model = fresh()
             train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
         meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": path.stem}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
         ckpt.unlink(missing_ok=True)
         hist.unlink(missing_ok=True)
     return model, meta
