@@ -30,7 +30,7 @@ from benchmarks.grid import bind_data, expand, float_warmups, parse_grid_overrid
 from benchmarks.presets import PRESETS, get_preset
 from benchmarks.rundir import read_result
 from benchmarks.runner import forget
-from benchmarks.train import float_cache_path, pick_device
+from benchmarks.train import float_cache_path, pick_device, resolve_precision
 from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
 
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=["cifar10", "synthetic"], help="override the preset's data set")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="training arithmetic; part of each run's id (default: auto, bf16 where the device runs it "
+                        "natively, else fp32); every score is taken in fp32 from the decoded file")
     p.add_argument("--out", help="results folder (default: results/<preset>/)")
     p.add_argument("--rerun", action="store_true",
                    help="train finished runs (and the float models they start from) again instead of reusing them")
@@ -97,8 +100,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is empty; name a results folder (default: results/<preset>)")
     cluster = executors.from_args(args)  # None: the local executor
     device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if cluster is not None and args.precision == "auto":
+        log.info("--precision auto resolved on this machine to %s; pass it explicitly if the workers differ",
+                 precision)
     # methods named on the command line must work; of all registered ones, broken plugins are skipped
-    specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods))
+    specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods),
+                   precision=precision)
     out = Path(args.out if args.out is not None else f"results/{preset.name}")
     _check_writable(out)
     # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
@@ -111,8 +119,8 @@ def _run(args: argparse.Namespace) -> int:
         _forget(specs, out)
     done = sum((r := read_result(out / "runs" / s.run_id, warn=False)) is not None and r["status"] == "ok"
                for s in specs)
-    log.info("preset %s, data %s (fingerprint %s): %d runs into %s", preset.name, data.name, data.fingerprint,
-             len(specs), out)
+    log.info("preset %s, data %s (fingerprint %s), %s: %d runs into %s", preset.name, data.name,
+             data.fingerprint, precision, len(specs), out)
     if done:
         log.info("%d of %d runs already have results in %s and are reused, not retrained (pass --rerun to train "
                  "them again, or --out a fresh folder and compare with `python -m benchmarks.compare %s NEW`)",

@@ -110,3 +110,47 @@ def test_resume_keeps_a_checkpoint_whose_history_has_a_torn_line_after_its_epoch
     assert hist.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
     hist.write_text('{"epoch": 1}\n{"epo')  # but a tear inside the checkpoint's epochs cannot be continued
     assert resume_history(hist, ckpt) == ([], 0.0) and not ckpt.exists()
+
+
+def test_precision_reaches_every_schedule_and_the_run_id():
+    from benchmarks.grid import expand
+    from benchmarks.presets import get_preset
+    fp32, bf16 = (expand(get_preset("smoke"), ["self_compression"], [0], {}, precision=p) for p in ("fp32", "bf16"))
+    assert all(s.train.precision == s.float_train.precision == "bf16" for s in bf16)
+    assert all(s.train.precision == "fp32" for s in fp32)
+    assert {s.run_id for s in fp32}.isdisjoint(s.run_id for s in bf16)
+    assert all(s.as_dict()["train"]["precision"] == "bf16" for s in bf16)  # stored in config.json
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
+def test_auto_precision_picks_bf16_only_on_native_hardware(monkeypatch):
+    from benchmarks import train as train_mod
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
+    assert train_mod.resolve_precision("auto", cpu) == "fp32"
+    assert train_mod.resolve_precision("bf16", cpu) == "bf16"  # asked for: given, with a warning
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
+    assert train_mod.resolve_precision("auto", cpu) == "bf16"
+    assert train_mod.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="--precision"):
+        train_mod.resolve_precision("half", cpu)
+
+
+def test_bf16_forward_agrees_with_fp32_and_a_bf16_step_trains():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("tinycnn")).eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: logits agree to a few percent of their spread
+    assert (low.float() - ref).abs().max() < 0.03 * ref.abs().max() + 1e-3
+    data = make_synthetic(n_train=256, n_test=64)
+    hist = []
+    train(Method(), build_model(ModelSpec("tinycnn")), data, TrainConfig(epochs=1, batch_size=128, lr=0.1,
+                                                                          precision="bf16"),
+          on_epoch=hist.append, progress=False)
+    assert len(hist) == 1 and torch.isfinite(torch.tensor(hist[0]["train_loss"]))
