@@ -125,21 +125,30 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
 
 
 def training_curve_figure(out: Path, folder: Path) -> bool:
-    """Bits and weights remaining over training for self-compression runs (the paper's training curve)."""
+    """Bits and weights remaining over training for self-compression runs (the paper's training curve), and,
+    for runs that recorded it, each epoch's training time against the float model's epochs: whether the
+    shrinking network trains faster."""
     curves = _histories(out, "self_compression", "gamma", {"epoch", "bits_remaining_pct", "weights_remaining_pct"})
     if not curves:
         return False
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    timed = [c for c in curves if "epoch_time_vs_float" in c[2].columns]
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4), layout="constrained")
     for gamma, seed, h in curves:
-        a1.plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
-        a2.plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
-    a1.set_ylabel("bits remaining (%), exported model")
-    a2.set_ylabel("weights remaining (%), exported model")
-    for a in (a1, a2):
-        a.set_xlabel("epoch")
+        axes[0].plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
+        axes[1].plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
+    axes[0].set_ylabel("bits remaining (%), exported model")
+    axes[1].set_ylabel("weights remaining (%), exported model")
+    for a in axes[:2]:
         _log_axis(a.yaxis)
+    for gamma, seed, h in timed:
+        axes[2].plot(h.epoch, h.epoch_time_vs_float, "o-", ms=3, label=f"γ={gamma} s{seed}")
+    if timed:
+        axes[2].axhline(1.0, color="k", lw=0.8)
+        axes[2].set_ylabel("step time / float model's step time")
+    for a in axes:
+        a.set_xlabel("epoch")
         a.grid(True, which="both", alpha=0.3)
-    a2.legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     _save(fig, folder, "self_compression_training")
     return True
 

@@ -31,6 +31,7 @@ from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.rundir import finished, run_lock, write_json
 from benchmarks.size import size_report
+from benchmarks.step_speed import float_step_seconds
 from benchmarks.train import (StaleCheckpoint, TrainConfig, evaluate, float_model, pick_device, resume_history,
                               seed_everything, train)
 from methods import get_method
@@ -164,9 +165,13 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     else:
         seed_everything(spec.seed)
         model = build_model(spec.model).to(data.train.images.device)
+    # what a float step of this net costs here and now: the yardstick of this run's epoch times
+    float_step = float_step_seconds(spec.model, spec.train, data.train.images.device) if method.phases(1) else None
     model = method.prepare(model)
 
     def on_epoch(record: dict) -> None:
+        if float_step:  # what this epoch's steps cost against a float step of the same net, timed here
+            record["epoch_time_vs_float"] = record["epoch_seconds"] / record["steps"] / float_step
         rep = size_report(method.export(model, spec.model))  # measured by the harness, per epoch
         record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct,
                       unique_values=rep.unique_values, value_entropy_per_weight=rep.value_entropy_per_weight)

@@ -53,6 +53,9 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+CHECK_EVERY = 25  # steps between the host's looks at the running loss (NaN check, progress bar)
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """The training device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
     if not name or name == "auto":
@@ -109,11 +112,12 @@ def lr_factor(schedule: str, step: int, total: int, warmup: float) -> float:
     return max(0.0, (total - step) / max(1, total - w))
 
 
-def _make_optimizer(kind: str, params: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def _make_optimizer(kind: str, params: list, lr: float, weight_decay: float, momentum: float,
+                    eps: float = 1e-8) -> torch.optim.Optimizer:
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps)
     raise ValueError(f"unknown optimizer {kind!r}; use 'sgd' or 'adam'")
 
 
@@ -146,7 +150,7 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
     gen = seed_everything(cfg.seed)
     device = data.train.images.device
     channels_last = device.type == "cpu"
-    steps_per_epoch = max(1, (len(data.train) + cfg.batch_size // 2) // cfg.batch_size)
+    n_steps = steps_per_epoch(len(data.train), cfg.batch_size)
     t_start = time.perf_counter()
     resume = load_checkpoint(checkpoint, model, method, gen) if checkpoint else None
     elapsed0 = resume["elapsed"] if resume else 0.0
@@ -163,56 +167,40 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
                 continue
         if not done:
             method.on_phase_start(model, phase_index)
-        opts, bases = _build_optimizers(method, model, phase, cfg)
+        opts, bases = build_optimizers(method, model, phase, cfg)
         if done:
             for opt, st in zip(opts, resume["optimizers"]):
                 opt.load_state_dict(st)
-        total = phase.epochs * steps_per_epoch
-        step = done * steps_per_epoch
+        total = phase.epochs * n_steps
+        step = done * n_steps
         for phase_epoch in range(done, phase.epochs):
             t0 = time.perf_counter()
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # running sums stay on the device: the host reads them only every CHECK_EVERY steps (a GPU
+            # must not stall each step to report a loss)
+            sums = torch.zeros(3, device=device)  # task loss · n, correct, total loss (NaN/inf sticks)
+            seen = 0
             bar = tqdm(batches(data.train, cfg.batch_size, gen, train=True, channels_last=channels_last),
-                       total=steps_per_epoch, desc=f"{method.name or 'train'} ep {epoch_index + 1}",
+                       total=n_steps, desc=f"{method.name or 'train'} ep {epoch_index + 1}",
                        leave=False, disable=None if progress else True)  # None: off when not a TTY
             for x, y in bar:
-                f = lr_factor(phase.schedule, step, total, cfg.warmup)
-                for opt, base in zip(opts, bases):
-                    for g, b in zip(opt.param_groups, base):
-                        g["lr"] = b * (f if g.get("scheduled", True) else 1.0)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    out = model(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-                pen = method.penalty(model, loss)  # fp32, outside autocast
-                total_loss = loss if pen is None else loss + pen
-                if not torch.isfinite(total_loss):
-                    raise NonFiniteLoss(f"loss became {total_loss.item()} at epoch {epoch_index + 1}, step "
-                                        f"{step + 1}; lower the learning rate or the method's penalty weight")
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                total_loss.backward()
-                method.after_backward(model)
-                if phase.grad_clip:
-                    nn.utils.clip_grad_norm_([p for g in opts[0].param_groups for p in g["params"]], phase.grad_clip)
-                for opt in opts:
-                    opt.step()
-                n = len(y)
-                loss_sum += loss.item() * n
-                correct += (out.argmax(1) == y).sum().item()
-                seen += n
-                # drop this step's graph before the method may reshape parameters: a live graph keeps
-                # each parameter's gradient accumulator, which remembers the old shape
-                del out, loss, pen, total_loss
-                method.after_step(model, opts)
+                method.before_step(model, step / total)
+                sums += train_step(method, model, opts, bases, phase, cfg, x, y,
+                                   lr_factor(phase.schedule, step, total, cfg.warmup))
+                seen += len(y)
                 step += 1
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+                if step % CHECK_EVERY == 0 or seen >= len(data.train):
+                    loss_sum, correct, total_loss = sums.tolist()
+                    if not math.isfinite(total_loss):
+                        raise NonFiniteLoss(f"loss became {total_loss} by epoch {epoch_index + 1}, step {step}; "
+                                            f"lower the learning rate or the method's penalty weight")
+                    if not bar.disable:
+                        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
             train_seconds = time.perf_counter() - t0
+            loss_sum, correct, _ = sums.tolist()
             record = {"epoch": epoch_index + 1, "phase": phase_index, "train_loss": loss_sum / max(1, seen),
                       "train_acc": 100.0 * correct / max(1, seen), "test_acc": evaluate(model, data.test),
-                      "epoch_seconds": train_seconds, **method.epoch_metrics(model)}
-            if not math.isfinite(record["train_loss"]):
-                raise NonFiniteLoss(f"training loss is {record['train_loss']} at epoch {epoch_index + 1}")
+                      "epoch_seconds": train_seconds, "steps": n_steps, **method.epoch_metrics(model)}
             log.info("epoch %d: %s", epoch_index + 1, {k: round(v, 4) if isinstance(v, float) else v
                                                        for k, v in record.items() if not isinstance(v, dict)})
             if on_epoch is not None:
@@ -225,6 +213,34 @@ def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return model
+
+
+def train_step(method: Method, model: nn.Module, opts: list[torch.optim.Optimizer], bases: list[list[float]],
+               phase: Phase, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, lr_f: float) -> torch.Tensor:
+    """One optimizer step of the loop at learning-rate factor ``lr_f``; returns, on the device and without
+    a host synchronisation, (task loss · batch size, correct predictions, total loss)."""
+    for opt, base in zip(opts, bases):
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * (lr_f if g.get("scheduled", True) else 1.0)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+    pen = method.penalty(model, loss)  # fp32, outside autocast
+    total_loss = loss if pen is None else loss + pen
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    total_loss.backward()
+    method.after_backward(model)
+    if phase.grad_clip:
+        nn.utils.clip_grad_norm_([p for g in opts[0].param_groups for p in g["params"]], phase.grad_clip)
+    for opt in opts:
+        opt.step()
+    stats = torch.stack([loss.detach() * len(y), (out.argmax(1) == y).sum().float(), total_loss.detach()])
+    # drop this step's graph before the method may reshape parameters: a live graph keeps each
+    # parameter's gradient accumulator, which remembers the old shape
+    del out, loss, pen, total_loss
+    method.after_step(model, opts)
+    return stats
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, opts: list, gen: torch.Generator,
@@ -313,13 +329,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, g
     return state
 
 
-def _build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainConfig):
+def build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainConfig):
     """A fresh optimizer for the weights (per phase) and one per extra parameter group of the method."""
     lr = phase.lr if phase.lr is not None else cfg.lr
     wd = phase.weight_decay if phase.weight_decay is not None else cfg.weight_decay
     opts = [_make_optimizer(phase.optimizer, method.weight_params(model), lr, wd, cfg.momentum)]
     for g in method.param_groups(model):
-        opt = _make_optimizer(g.optimizer, g.params, g.lr, g.weight_decay, cfg.momentum)
+        opt = _make_optimizer(g.optimizer, g.params, g.lr, g.weight_decay, cfg.momentum, g.eps)
         opt.param_groups[0]["scheduled"] = g.scheduled
         opts.append(opt)
     bases = [[g["lr"] for g in opt.param_groups] for opt in opts]
@@ -330,6 +346,10 @@ def float_cache_path(cache_dir: str | os.PathLike, spec: ModelSpec, data_fingerp
     """Where the float model of (net, data content, schedule with its seed) is cached."""
     key = hashlib.sha256(json.dumps([spec.as_dict(), data_fingerprint, asdict(cfg)], sort_keys=True).encode())
     return Path(cache_dir) / f"float-{key.hexdigest()[:16]}.pt"
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, (n_train + batch_size // 2) // batch_size)
 
 
 def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,

@@ -40,6 +40,7 @@ class ParamGroup:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     scheduled: bool = False
+    eps: float = 1e-8  # Adam's epsilon: with a large lr, 1e-8 makes every step about lr long whatever the gradient
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,10 @@ class Method:
         """Parameters trained by the phase optimizer: by default all not claimed by ``param_groups``."""
         extra = {id(p) for g in self.param_groups(model) for p in g.params}
         return [p for p in model.parameters() if id(p) not in extra and p.requires_grad]
+
+    def before_step(self, model: nn.Module, progress: float) -> None:
+        """Before each step's forward pass; ``progress`` is the share of the phase's steps already done
+        (0 at its first step), for schedules of the method's own (e.g. a penalty warm-up)."""
 
     def penalty(self, model: nn.Module, task_loss: torch.Tensor) -> torch.Tensor | None:
         """Differentiable term added to the task loss (which it may scale by, e.g. to stay a fixed share)."""

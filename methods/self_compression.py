@@ -8,7 +8,14 @@ matching inputs of its consumers) at the next step boundary, with the optimizer 
 
 A channel at 0 bits still sends its BatchNorm shift through the activation; we zero a dead channel's
 output after its BatchNorm, so that removing it later is exact (the network's function is unchanged by
-surgery) and the decoded artifact computes exactly what was trained.
+surgery) and the decoded artifact computes exactly what was trained. The zero is made by zeroing the
+channel's BatchNorm scale and shift before each forward pass (its convolution output is already zero), a
+per-channel operation instead of a multiply over every activation (which cost 13% of a step).
+
+Whether a channel died is asked every ``PRUNE_EVERY`` steps, not every step (the answer needs the device
+to stop and report). In between a dead channel is already silent, and it stays dead: its ``b`` has no
+gradient below zero and Adam keeps moving it down, so the delay changes when compute is saved, not what
+the network computes.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ from benchmarks.models import ModelSpec, topology
 from benchmarks.topology import dead_space_channels, prune_, slice_param_, weight_of
 from methods.base import ConfigError, Method, ParamGroup
 from methods.registry import register
+
+PRUNE_EVERY = 16  # steps between checks for channels at 0 bits (each check synchronises with the device)
+GRACE_BITS = 1.0  # during the grace period no bit depth falls below this
+COSTS = ("bits", "bitops")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +89,24 @@ def initial_exponents(weight: torch.Tensor, bits: float) -> torch.Tensor:
     return torch.ceil(torch.log2(top / (2 ** (bits - 1) - 1)))
 
 
+@torch.no_grad()
+def output_positions(model: nn.Module, topo, image_size: int = 32) -> dict[str, int]:
+    """Per compressible layer, the positions its output is computed at for one image (H·W of a
+    convolution's output, 1 for a linear layer): how often each of its weights is applied."""
+    modules = dict(model.named_modules())
+    found: dict[str, int] = {}
+    hooks = [modules[n.name].register_forward_hook(
+        lambda m, i, o, name=n.name: found.__setitem__(name, math.prod(o.shape[2:]))) for n in topo.nodes]
+    was = model.training
+    try:
+        model.eval()(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def integer_bits(codes: torch.Tensor) -> torch.Tensor:
     """Per output channel, the fewest whole bits holding its signed codes (0 when they are all zero)."""
     c = codes.reshape(codes.shape[0], -1)
@@ -101,6 +130,11 @@ class SelfCompression(Method):
         bits_init: float = 8.0  # initial bit depth of every channel
         lr_bits: float = 0.5  # Adam learning rate of b and e (0.05 barely moves bits in a short CPU schedule)
         from_float: bool = False  # fine-tune the cached float model instead of training from scratch
+        eps_bits: float = 1e-8  # Adam epsilon of b and e: 1e-8 makes each step ~lr_bits long (sign-like)
+        bits_schedule: str = "scheduled"  # b/e learning rate: "scheduled" (the weights' warm-up and decay) or "constant"
+        gamma_warmup: float = 0.0  # share of training over which γ ramps linearly from 0
+        grace: float = 0.0  # share of training before a channel may die: b is held at >= GRACE_BITS till then
+        cost: str = "bits"  # what Q counts: "bits" (the paper) or "bitops" (each layer's bits × its output positions)
 
         def validate(self) -> None:
             if not (self.gamma >= 0 and math.isfinite(self.gamma)):
@@ -109,6 +143,16 @@ class SelfCompression(Method):
                 raise ConfigError(f"self_compression.bits_init must lie in [1, 32], got {self.bits_init}")
             if not self.lr_bits > 0:
                 raise ConfigError(f"self_compression.lr_bits must be > 0, got {self.lr_bits}")
+            if not self.eps_bits > 0:
+                raise ConfigError(f"self_compression.eps_bits must be > 0, got {self.eps_bits}")
+            if self.bits_schedule not in ("scheduled", "constant"):
+                raise ConfigError(f"self_compression.bits_schedule must be 'scheduled' or 'constant', "
+                                  f"got {self.bits_schedule!r}")
+            for k in ("gamma_warmup", "grace"):
+                if not 0 <= getattr(self, k) <= 1:
+                    raise ConfigError(f"self_compression.{k} is a share of training in [0, 1], got {getattr(self, k)}")
+            if self.cost not in COSTS:
+                raise ConfigError(f"self_compression.cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
 
     default_grid = {
         "smoke": {"gamma": [0.003, 0.3]},
@@ -124,7 +168,11 @@ class SelfCompression(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         self.topo = topology(model)
         self.modules = dict(model.named_modules())
-        self.n_weights = sum(weight_of(self.modules[n.name]).numel() for n in self.topo.nodes)  # still full size
+        # what one weight of a layer costs in Q: 1 (bits), or the output positions it is applied at (bitops)
+        self.positions = (output_positions(model, self.topo) if self.config.cost == "bitops"
+                          else {n.name: 1 for n in self.topo.nodes})
+        self.full_weights = {n.name: weight_of(self.modules[n.name]).numel() for n in self.topo.nodes}
+        self.n_weights = sum(self.positions[k] * v for k, v in self.full_weights.items())  # Q's denominator
         self.quantizers: dict[str, ChannelQuantizer] = {}
         for n in self.topo.nodes:
             m = self.modules[n.name]
@@ -132,19 +180,26 @@ class SelfCompression(Method):
             parametrize.register_parametrization(m, "weight", q)
             self.quantizers[n.name] = q
             if n.bn is not None:
-                self.modules[n.bn].register_forward_hook(self._mask_hook(q))
+                self.modules[n.bn].register_forward_pre_hook(self._silence_hook(q))
+        self.steps = 0
+        self.progress = 0.0
         return model
 
     @staticmethod
-    def _mask_hook(q: ChannelQuantizer):
-        # runs after the layer's own forward, so ``sounding`` reflects the codes this very forward used
-        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
-            return out * q.sounding().to(out.dtype).view(1, -1, *([1] * (out.dim() - 2)))
+    def _silence_hook(q: ChannelQuantizer):
+        # runs after the layer's own forward, so ``sounding`` reflects the codes this very forward used; the
+        # layer's output is zero in a silent channel, so zero scale and shift make the BatchNorm output zero
+        def hook(bn: nn.Module, _inp: Any) -> None:
+            with torch.no_grad():
+                keep = q.sounding().to(bn.weight.dtype)
+                bn.weight.mul_(keep)
+                bn.bias.mul_(keep)
         return hook
 
     def param_groups(self, model: nn.Module) -> list[ParamGroup]:
         params = [p for q in self.quantizers.values() for p in (q.b, q.e)]
-        return [ParamGroup(params, lr=self.config.lr_bits, optimizer="adam", scheduled=True)]
+        return [ParamGroup(params, lr=self.config.lr_bits, optimizer="adam", eps=self.config.eps_bits,
+                           scheduled=self.config.bits_schedule == "scheduled")]
 
     def _alive_inputs(self) -> dict[str, torch.Tensor]:
         alive_out = {name: q.alive() for name, q in self.quantizers.items()}
@@ -154,7 +209,9 @@ class SelfCompression(Method):
         return {s: torch.stack([alive_out[n.name] for n in self.topo.producers(s)]).any(0) for s in dead}
 
     def size_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q, weights remaining): bits per original weight and weights still alive, from the real b."""
+        """(Q, weights remaining) from the real b: bits per original weight, or with ``cost="bitops"`` bits
+        per original weight-application (each layer's weights counted once per output position), and the
+        share of weights still alive."""
         alive_in = self._alive_inputs()
         q_sum, weights = 0.0, 0.0
         for n in self.topo.nodes:
@@ -162,16 +219,35 @@ class SelfCompression(Method):
             w = weight_of(self.modules[n.name])
             per_in = math.prod(w.shape[2:]) * n.in_factor
             n_in = per_in * (alive_in[n.in_space].sum() if n.in_space in alive_in else w.shape[1] // n.in_factor)
-            q_sum = q_sum + n_in * torch.relu(q.b).sum()
+            q_sum = q_sum + self.positions[n.name] * n_in * torch.relu(q.b).sum()
             weights = weights + n_in * q.alive().sum()
-        return q_sum / self.n_weights, torch.as_tensor(weights, dtype=torch.float32) / self.n_weights
+        return (q_sum / self.n_weights,
+                torch.as_tensor(weights, dtype=torch.float32) / sum(self.full_weights.values()))
+
+    def before_step(self, model: nn.Module, progress: float) -> None:
+        self.progress = progress
+
+    def gamma_now(self) -> float:
+        """γ, ramped up linearly over the first ``gamma_warmup`` of training."""
+        warm = self.config.gamma_warmup
+        return self.config.gamma * (min(1.0, self.progress / warm) if warm > 0 else 1.0)
 
     def penalty(self, model: nn.Module, task_loss: torch.Tensor) -> torch.Tensor:
-        return self.config.gamma * self.size_terms()[0]
+        return self.gamma_now() * self.size_terms()[0]
 
     def after_step(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.steps += 1
+        if self.progress < self.config.grace:  # no channel may die yet
+            with torch.no_grad():
+                for q in self.quantizers.values():
+                    q.b.clamp_(min=GRACE_BITS)
+        if self.steps % PRUNE_EVERY == 0:
+            self.prune(model, optimizers)
+
+    def prune(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """Remove every channel at 0 bits now (and the matching inputs of its consumers)."""
         dead_out = {name: ~q.alive() for name, q in self.quantizers.items()}
-        if not any(bool(d.any()) for d in dead_out.values()):
+        if not bool(torch.stack([d.any() for d in dead_out.values()]).any()):  # one synchronisation
             return
         keep = prune_(model, self.topo, dead_space_channels(self.topo, dead_out), optimizers)
         for space, idx in keep.items():
@@ -179,6 +255,12 @@ class SelfCompression(Method):
                 q = self.quantizers[n.name]
                 slice_param_(q.b, 0, idx, optimizers)
                 slice_param_(q.e, 0, idx, optimizers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         with torch.no_grad():

@@ -11,7 +11,7 @@ from benchmarks.size import size_report
 from benchmarks.topology import dead_space_channels, prune_
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
-from methods import get_method
+from methods import ConfigError, get_method
 from methods.self_compression import integer_bits, quantize
 
 t = torch.tensor
@@ -115,7 +115,7 @@ def test_channel_removal_preserves_outputs(spec):
     before = model(x)
     widths_before = {n: qs[n].b.numel() for n in names}
     opt = torch.optim.Adam([p for q in qs.values() for p in (q.b, q.e)], lr=0.1)
-    sc.after_step(model, [opt])
+    sc.prune(model, [opt])
     after = model(x)
     assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
     assert sum(qs[n].b.numel() for n in names) < sum(widths_before.values())
@@ -184,7 +184,7 @@ def test_layer_that_loses_every_channel_is_recorded_and_still_decodes_exactly():
     with torch.no_grad():
         sc.quantizers["conv2.0"].b.fill_(-0.5)
     opt = torch.optim.Adam([p for q in sc.quantizers.values() for p in (q.b, q.e)], lr=0.1)
-    sc.after_step(model, [opt])
+    sc.prune(model, [opt])
     assert sc.epoch_metrics(model)["collapsed_layers"] == ["conv2.0"]
     x = torch.randn(4, 3, 32, 32)
     trained, decoded = _trained_and_decoded(sc, model, spec, x)
@@ -212,3 +212,54 @@ def test_tables_mark_collapsed_layers(tmp_path):
     assert list(df.collapsed_layers.fillna("")) == ["conv2.0", ""]
     row = next(line for line in (tmp_path / "tables.md").read_text().splitlines() if "gamma=0 " in line)
     assert "conv2.0" in row
+
+
+def test_dead_channels_are_silent_at_once_and_removed_every_prune_every_steps():
+    from methods import self_compression as scm
+    sc, model = prepared(ModelSpec("tinycnn"))
+    randomize_bn(model)
+    model.train()
+    q = sc.quantizers["conv1.0"]
+    with torch.no_grad():
+        q.b[2] = -0.5
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    acts = {}
+    bn = dict(model.named_modules())[[n for n in sc.topo.nodes if n.name == "conv1.0"][0].bn]
+    bn.register_forward_hook(lambda m, i, o: acts.__setitem__("bn", o.detach()))
+    width = q.b.numel()
+    for step in range(1, scm.PRUNE_EVERY + 1):
+        model(torch.randn(8, 3, 32, 32))
+        assert acts["bn"][:, 2].abs().max() == 0 and acts["bn"][:, 3].abs().max() > 0  # silent, exactly
+        sc.after_step(model, [opt])
+        assert q.b.numel() == (width if step < scm.PRUNE_EVERY else width - 1)  # removed at the check
+    assert sc.state_dict() == {"steps": scm.PRUNE_EVERY}  # resumes on the same schedule
+
+
+def test_bitops_cost_weighs_each_layers_bits_by_its_output_positions():
+    sc, model = prepared(ModelSpec("tinycnn"), cost="bitops")
+    assert sc.positions == {"conv1.0": 32 * 32, "conv2.0": 16 * 16, "fc": 1}
+    with torch.no_grad():
+        sc.quantizers["conv1.0"].b.copy_(t([0, -1, 2, 2, 2, 2, 2, 2.5]))  # 2 dead, sum 12.5
+        sc.quantizers["conv2.0"].b.copy_(t([0.0] * 4 + [3.0] * 12))  # 4 dead, sum 36
+        sc.quantizers["fc"].b.fill_(4.0)  # sum 40
+        Q, w = sc.size_terms()
+    expected = (1024 * 27 * 12.5 + 256 * 6 * 9 * 36 + 12 * 16 * 40) / (1024 * 216 + 256 * 1152 + 2560)
+    assert float(Q) == pytest.approx(expected)
+    assert float(w) == pytest.approx((27 * 6 + 54 * 12 + 192 * 10) / (216 + 1152 + 2560))  # weights, as before
+
+
+def test_gamma_warmup_and_grace_period():
+    sc, model = prepared(ModelSpec("tinycnn"), gamma=0.1, gamma_warmup=0.5, grace=0.25)
+    sc.before_step(model, 0.25)
+    assert sc.gamma_now() == pytest.approx(0.05)
+    sc.before_step(model, 0.75)
+    assert sc.gamma_now() == pytest.approx(0.1)
+    q = sc.quantizers["conv1.0"]
+    for progress, floor in ((0.1, 1.0), (0.5, -3.0)):  # held at >= 1 bit in the grace period, free after
+        with torch.no_grad():
+            q.b[0] = -3.0
+        sc.before_step(model, progress)
+        sc.after_step(model, [])
+        assert float(q.b.detach()[0]) == floor
+    with pytest.raises(ConfigError, match="grace"):
+        get_method("self_compression").from_params(grace=1.5)

@@ -134,7 +134,7 @@ def test_regulariser_value_and_gradient_match_autograd(monkeypatch):
     wr = w.clone().requires_grad_(True)
     ref = reference_reg(wr, c, 0.05)
     ref.mean().backward()
-    monkeypatch.setattr(wc, "REG_CHUNK_ELEMENTS", 7 * len(c))  # several chunks
+    monkeypatch.setattr(wc, "REG_CHUNK_ELEMENTS", {"cpu": 7 * len(c)})  # several chunks
     wm = w.clone().requires_grad_(True)
     loss = wc.softmin_distance(wm, c, 0.05)
     loss.backward()

@@ -1,0 +1,139 @@
+"""``python -m benchmarks.step_speed OUT``: what one training step of each method costs against float
+training of the same net, measured side by side in one process.
+
+A method's hooks (quantizers in the forward pass, size terms, the surgery check after each step) are
+overhead on every step; this measures it on the full network (self-compression at γ = 0, so nothing is
+pruned while it is timed: the savings of pruning show in the runs' per-epoch times instead). Every method
+runs the loop's own ``train_step`` on random batches of the preset's size, methods interleaved, ``--steps``
+steps a timing, median of ``--repeats`` rounds after ``--warmup`` steps. Writes ``<out>/step_speed.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmarks.models import ModelSpec, build_model
+from benchmarks.presets import PRESETS, get_preset
+from benchmarks.rundir import replacing
+from benchmarks.train import (TrainConfig, build_optimizers, pick_device, resolve_precision, seed_everything,
+                              train_step)
+from methods import available_methods, get_method
+from methods.base import Method
+
+log = logging.getLogger(__name__)
+
+#: per method, the parameters it is timed with (defaults otherwise)
+TIMED_WITH = {"self_compression": {"gamma": 0.0}}
+
+
+def _setup(name: str, spec: ModelSpec, cfg: TrainConfig, device: torch.device):
+    """A closure running one ``train_step`` of method ``name`` on a fixed random batch."""
+    seed_everything(0)
+    # the float baseline's own training is the plain loop (its registered method only reads the cache)
+    method = Method() if name == "float" else get_method(name).from_params(**TIMED_WITH.get(name, {}))
+    model = method.prepare(build_model(spec).to(device))
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    phase = method.phases(cfg.epochs)[0]
+    method.on_phase_start(model, 0)
+    opts, bases = build_optimizers(method, model, phase, cfg)
+    x = torch.randn(cfg.batch_size, 3, 32, 32, device=device)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, spec.num_classes, (cfg.batch_size,), device=device)
+    model.train()
+    return lambda: train_step(method, model, opts, bases, phase, cfg, x, y, 1.0)
+
+
+def _time(step, n: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        stats = step()
+    stats.tolist()  # wait for the device
+    return (time.perf_counter() - t0) / n
+
+
+def float_step_seconds(spec: ModelSpec, cfg: TrainConfig, device: torch.device, steps: int = 4) -> float:
+    """Seconds of one plain float training step of net ``spec`` at ``cfg``'s batch size and precision,
+    median of ``steps`` after one warm-up step: the yardstick a run's epoch times are recorded against.
+    Every random stream is left as it was, so the run it is taken for trains as without it."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        step = _setup("float", spec, cfg, device)
+        _time(step, 1, device)
+        seconds = statistics.median(_time(step, 1, device) for _ in range(steps))
+    random.setstate(state)
+    return seconds
+
+
+def measure(methods: list[str], preset: str, precision: str, device: torch.device, repeats: int, steps: int,
+            warmup: int) -> pd.DataFrame:
+    """One row per method: median step time (ms) and its ratio to the float step."""
+    names = ["float"] + [m for m in methods if m != "float"]
+    p = get_preset(preset)
+    steppers = {n: _setup(n, p.model, replace(p.method_train, precision=precision), device) for n in names}
+    for n, step in steppers.items():
+        _time(step, warmup, device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else reversed(names):  # alternate the order, so drift hits all alike
+            times[n].append(_time(steppers[n], steps, device))
+    ref = statistics.median(times["float"])
+    cfg = get_preset(preset).method_train
+    return pd.DataFrame([{"method": n, "params": str(TIMED_WITH.get(n, {})), "precision": precision,
+                          "device": device.type, "batch_size": cfg.batch_size,
+                          "step_ms": 1000 * statistics.median(t), "float_step_ms": 1000 * ref,
+                          "step_vs_float": statistics.median(t) / ref,
+                          "images_per_s": cfg.batch_size / statistics.median(t), "repeats": repeats,
+                          "steps": steps, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "measured": datetime.date.today().isoformat()} for n, t in times.items()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_speed", description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="folder to write step_speed.csv into (e.g. results/cpu)")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="net and batch size (default: cpu)")
+    p.add_argument("--methods", help="comma-separated methods (default: every registered one)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--steps", type=int, default=3, help="steps per timing")
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if min(args.repeats, args.steps) < 1 or args.warmup < 0:
+            raise ValueError("--repeats and --steps must be at least 1, --warmup at least 0")
+        device = pick_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        methods = args.methods.split(",") if args.methods else available_methods()
+        for m in methods:
+            get_method(m)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    df = measure(methods, args.preset, precision, device, args.repeats, args.steps, args.warmup)
+    with replacing(args.out / "step_speed.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    log.info("training step against float (%s, %s, %d threads, pid %d):\n%s", precision, device,
+             torch.get_num_threads(), os.getpid(),
+             df[["method", "step_ms", "step_vs_float", "images_per_s"]].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
