@@ -48,9 +48,10 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     """Accuracy against ``axis`` remaining: "bits" (fixed-length), "coded_bits" (as stored) or "weights"."""
     x = "coded_bits_pct" if axis == "coded_bits" else f"{axis}_remaining_pct"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for (method, model), part in s.groupby(["method", "model"]):
-        if method == "float":
-            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
+    for (method, model), part in s.groupby(["series", "model"]):
+        if method.startswith("float"):  # the float model, and equal-budget controls: reference lines
+            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if method == "float" else ":", lw=1,
+                       label=f"{method} ({model})")
             continue
         part = part[part[f"{x}_mean"].notna()]  # runs from before packed format v2 have no coded bits
         if part.empty:
@@ -74,9 +75,10 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     if s.empty:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for (method, model), part in s.groupby(["method", "model"]):
-        if method == "float":
-            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--", lw=1, label=f"float ({model})")
+    for (method, model), part in s.groupby(["series", "model"]):
+        if method.startswith("float"):  # the float model, and equal-budget controls: reference lines
+            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if method == "float" else ":", lw=1,
+                       label=f"{method} ({model})")
             continue
         ax.errorbar(part.infer_speedup_mean, part.accuracy_mean, xerr=part.infer_speedup_std.fillna(0),
                     yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{method} ({model})")

@@ -27,11 +27,11 @@ def interpolate(bits: np.ndarray, accuracy: np.ndarray, at: np.ndarray) -> np.nd
 def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
     """One row per (net and data, pair of methods, matched size): both accuracies on the mean curves and the
     seed-wise difference (first method minus second). ``df`` is ``report.collect``'s run table."""
-    ok = df[(df.status == "ok") & (df.method != "float")].dropna(subset=[size, "accuracy"])
+    ok = df[(df.status == "ok") & ~df.method.isin(["float", "float_control"])].dropna(subset=[size, "accuracy"])
     rows = []
     for (model, _), part in ok.groupby(["model", "data_fingerprint"], dropna=False):
-        for a, b in itertools.combinations(sorted(part.method.unique()), 2):
-            A, B = part[part.method == a], part[part.method == b]
+        for a, b in itertools.combinations(sorted(part.series.unique()), 2):  # a method, or one of its variants
+            A, B = part[part.series == a], part[part.series == b]
             mean_a = A.groupby("params")[[size, "accuracy"]].mean()
             mean_b = B.groupby("params")[[size, "accuracy"]].mean()
             lo = max(mean_a[size].min(), mean_b[size].min())

@@ -12,11 +12,13 @@ from benchmarks.rundir import read_result, replacing
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["run_id", "method", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
+#: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
+BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
+COLUMNS = ["run_id", "method", "series", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total",
            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
-           "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", "collapsed_layers", "status",
-           "error"]
+           "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
+           "schedule", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
 SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.speed), CPU rows
 SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
              "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
@@ -40,6 +42,7 @@ def collect(out: str | Path) -> pd.DataFrame:
         size = {OLD_SIZE_NAMES.get(k, k): v for k, v in (r.get("size") or {}).items()}
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
         train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
+        budget = r.get("budget") if isinstance(r.get("budget"), dict) else {}
         rows.append({
             "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
             "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
@@ -48,13 +51,43 @@ def collect(out: str | Path) -> pd.DataFrame:
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
-            **{k: size.get(k) for k in SIZE_KEYS},
+            **{k: size.get(k) for k in SIZE_KEYS}, **{k: budget.get(k) for k in BUDGET_KEYS},
+            "schedule": budget.get("schedule"),
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
+    df["series"] = series_names(df)
+    df["control_accuracy"] = control_accuracy(df)
+    df["vs_control"] = df.accuracy - df.control_accuracy  # seed by seed
     speed = read_speed(out)
     if not speed.empty:
         df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
-    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits", *SPEED_KEYS)})
+    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits", *SPEED_KEYS,
+                                         *BUDGET_KEYS, "control_accuracy", "vs_control")})
+
+
+def control_accuracy(df: pd.DataFrame) -> pd.Series:
+    """Per compression run, the accuracy of its equal-budget control: the ``float_control`` run with the same
+    schedule (``budget.schedule``), seed and data. NaN where there is none (or the run is a control itself)."""
+    ok = df[(df.status == "ok") & (df.method == "float_control") & df.schedule.notna()]
+    ref = ok.groupby(["schedule", "seed", "data_fingerprint"]).accuracy.mean()
+    keys = zip(df.schedule, df.seed, df.data_fingerprint)
+    return pd.Series([ref.get(k, float("nan")) if m not in ("float", "float_control") else float("nan")
+                      for k, m in zip(keys, df.method)], index=df.index, dtype=float)
+
+
+def series_names(df: pd.DataFrame) -> pd.Series:
+    """Per run, the curve it belongs to: its method, followed by the values of the method's parameters that
+    vary between its runs and are not numbers (e.g. ``self_compression cost=bitops``); numeric parameters
+    (γ, λ, δ) move a point along its curve."""
+    names = df.method.astype(object).copy()
+    for method, part in df.groupby("method"):
+        dicts = [json.loads(p) for p in part.params]
+        keys = sorted({k for d in dicts for k in d})
+        split = [k for k in keys if len({json.dumps(d.get(k)) for d in dicts}) > 1
+                 and not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for d in dicts)]
+        if split:
+            names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in split)]) for d in dicts]
+    return names
 
 
 def read_speed(out: str | Path) -> pd.DataFrame:
@@ -75,10 +108,10 @@ def read_speed(out: str | Path) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
-    keys = ["method", "params", "model", "dataset", "data_fingerprint", "epochs"]
+    keys = ["method", "series", "params", "model", "dataset", "data_fingerprint", "epochs"]
     vals = ["accuracy", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct", "unique_values",
             "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
-            "macs_remaining_pct", "infer_speedup"]
+            "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs", "method_epochs"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
     g = ok.groupby(keys)
@@ -109,6 +142,13 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
             "params": varying_params(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
             **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
+            **({"equal-budget control %": [_pm(m, v, 2) for m, v in zip(part.control_accuracy_mean,
+                                                                          part.control_accuracy_std)],
+                "vs control (points)": [_pm(m, v, 2) for m, v in zip(part.vs_control_mean, part.vs_control_std)]}
+               if part.control_accuracy_mean.notna().any() else {}),
+            **({"budget epochs (float + own)": [f"{a:.0f} + {b:.0f}" for a, b in zip(part.float_epochs_mean,
+                                                                                   part.method_epochs_mean)]}
+               if part.method_epochs_mean.notna().all() else {}),
             "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
             "coded bits remaining %": ["—" if pd.isna(m) else _pm(m, v, 3)
                                        for m, v in zip(part.coded_bits_pct_mean, part.coded_bits_pct_std)],
@@ -128,9 +168,11 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
         lines += [table.to_markdown(index=False), ""]
     near = near_float(s)
     if not near.empty:
-        lines += ["## Smallest size within 1 point of the float baseline", "",
+        lines += ["## Smallest size within 1 point of float (equal-budget control where there is one)", "",
                   "Per method and net, the fewest bits and the fewest weights remaining among grid points whose "
-                  "mean accuracy is at least the float model's minus 1 point.", "",
+                  "mean accuracy is at least the reference's minus 1 point: the equal-budget float control (the "
+                  "float network trained with the method's own schedule) where the grid has one, else the "
+                  "float model.", "",
                   near.to_markdown(index=False, floatfmt=".2f"), ""]
     pairs = paired(df)
     if not pairs.empty:
@@ -149,20 +191,26 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
 
 
 def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
-    """For every compression method, the smallest bits and weights remaining (%) whose mean accuracy stays
-    within ``points`` of the float baseline on the same net and data."""
+    """For every compression method (and variant), the smallest bits and weights remaining (%) whose mean
+    accuracy stays within ``points`` of its reference on the same net and data: the mean accuracy of its
+    equal-budget control where the grid has one, else the float model's."""
     rows = []
     for _, part in s.groupby(["model", "dataset", "data_fingerprint"]):
         model = part.model.iloc[0]
         base = part[part.method == "float"]
         if base.empty:
             continue
-        ref = float(base.accuracy_mean.iloc[0])
-        for method, m in part[part.method != "float"].groupby("method"):
-            ok = m[m.accuracy_mean >= ref - points]
+        plain = float(base.accuracy_mean.iloc[0])
+        for method, m in part[~part.method.isin(["float", "float_control"])].groupby("series"):
+            ref_each = m.control_accuracy_mean.fillna(plain)
+            ok = m[m.accuracy_mean >= ref_each - points]
             bits = ok.loc[ok.bits_remaining_pct_mean.idxmin()] if not ok.empty else None
             weights = ok.loc[ok.weights_remaining_pct_mean.idxmin()] if not ok.empty else None
-            rows.append({"method": method, "model": model, "float accuracy %": ref,
+            controlled = m.control_accuracy_mean.notna().all()
+            ref = float(ref_each.mean())
+            rows.append({"method": method, "model": model, "float accuracy %": plain,
+                         "reference": "equal-budget control" if controlled else "float model",
+                         "reference accuracy %": ref,
                          "fewest bits %": None if bits is None else bits.bits_remaining_pct_mean,
                          "accuracy there %": None if bits is None else bits.accuracy_mean,
                          "fewest weights %": None if weights is None else weights.weights_remaining_pct_mean,

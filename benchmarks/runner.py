@@ -18,7 +18,7 @@ import platform
 import subprocess
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from benchmarks.rundir import finished, run_lock, write_json
 from benchmarks.size import size_report
 from benchmarks.step_speed import float_step_seconds
 from benchmarks.train import (StaleCheckpoint, TrainConfig, evaluate, float_model, pick_device, resume_history,
-                              seed_everything, train)
+                              seed_everything, steps_per_epoch, train)
 from methods import get_method
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,23 @@ def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str
     return result
 
 
+def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, method_seconds: float) -> dict:
+    """The training behind a run's artifact: epochs, optimizer steps and seconds of the float pre-training
+    it starts from and of its own training, and ``schedule``, a hash of that training's shape (phases,
+    optimizer settings, float schedule, net and data; not the seed and not the method's own extra
+    parameters) under which the reports pair a method with its equal-budget ``float_control``."""
+    phases = method.phases(spec.train.epochs)
+    pre = method.needs_float_model
+    key = [[asdict(p) for p in phases], asdict(replace(spec.train, seed=0)) if phases else None,
+           asdict(replace(spec.float_train, seed=0)) if pre else None, spec.model.as_dict(), spec.data_fingerprint]
+    own = sum(p.epochs for p in phases)
+    return {"float_epochs": spec.float_train.epochs if pre else 0, "method_epochs": own,
+            "float_steps": spec.float_train.epochs * steps_per_epoch(n_train, spec.float_train.batch_size) if pre else 0,
+            "method_steps": own * steps_per_epoch(n_train, spec.train.batch_size),
+            "float_seconds": float_seconds, "method_seconds": method_seconds,
+            "schedule": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}
+
+
 def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, progress: bool) -> dict:
     method = get_method(spec.method).from_params(**dict(spec.params))
     float_seconds = 0.0
@@ -180,12 +197,14 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
 
     t0 = time.perf_counter()
     train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - t0 + elapsed + float_seconds
+    method_seconds = time.perf_counter() - t0 + elapsed
     packing.save(method.export(model, spec.model), folder / "model.packed")
     artifact, layout = packing.read_file(folder / "model.packed")  # score what was written, not what is in memory
     decoded = to_module(artifact).to(data.train.images.device)
     report = size_report(artifact, layout)
-    result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(), "train_seconds": train_seconds,
+    result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(),
+              "train_seconds": method_seconds + float_seconds,
+              "budget": budget(spec, method, len(data.train), float_seconds, method_seconds),
               "method_metrics": method.epoch_metrics(model)}
     checkpoint.unlink(missing_ok=True)
     return result

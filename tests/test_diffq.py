@@ -74,7 +74,7 @@ def test_registered_with_log_spaced_grids():
         ratios = [b / a for a, b in zip(values, values[1:])]
         assert all(2 < r < 4 for r in ratios)
     cfg = cls.Config()
-    assert (cfg.b_min, cfg.b_max, cfg.bits_init, cfg.noise) == (2, 15, 8.0, "uniform")
+    assert (cfg.b_min, cfg.b_max, cfg.bits_init, cfg.noise) == (2, 15, 8.0, "gaussian")
 
 
 # --- noise, eval-mode quantization and gradients ----------------------------------------------------------

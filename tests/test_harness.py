@@ -214,14 +214,24 @@ def test_parallel_jobs(tmp_path):
     assert len(df) == 3 and (df.status == "ok").all()
 
 
-def test_near_float_picks_the_smallest_sizes_within_one_point():
+def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
     from benchmarks.report import near_float
 
-    s = pd.DataFrame({"method": ["float", "m", "m", "m"], "model": ["n"] * 4, "dataset": ["d"] * 4, "data_fingerprint": ["f"] * 4,
-                      "accuracy_mean": [90.0, 89.5, 88.9, 89.2], "bits_remaining_pct_mean": [100.0, 10.0, 2.0, 5.0],
-                      "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0]})
-    r = near_float(s).iloc[0]  # the 88.9% point is more than a point below float: excluded
-    assert (r["fewest bits %"], r["accuracy there %"], r["fewest weights %"]) == (5.0, 89.2, 50.0)
+    n = 7
+    s = pd.DataFrame({"method": ["float", "m", "m", "m", "c", "c", "float_control"], "model": ["n"] * n,
+                      "dataset": ["d"] * n, "data_fingerprint": ["f"] * n,
+                      "accuracy_mean": [90.0, 89.5, 88.9, 89.2, 90.5, 89.4, 91.0],
+                      "bits_remaining_pct_mean": [100.0, 10.0, 2.0, 5.0, 10.0, 5.0, 100.0],
+                      "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0, 50.0, 40.0, 100.0],
+                      "control_accuracy_mean": [None, None, None, None, 91.0, 91.0, None]})
+    s["series"] = s.method
+    r = near_float(s).set_index("method")
+    # m has no control: against float (90), the 88.9% point is more than a point below: excluded
+    assert (r.loc["m", "fewest bits %"], r.loc["m", "accuracy there %"], r.loc["m", "fewest weights %"]) == \
+        (5.0, 89.2, 50.0) and r.loc["m", "reference"] == "float model"
+    # c against its equal-budget control (91): 89.4% is out although within a point of float
+    assert (r.loc["c", "fewest bits %"], r.loc["c", "reference"]) == (10.0, "equal-budget control")
+    assert "float_control" not in r.index
 
 
 def test_matched_bits_interpolation_against_a_hand_example():
@@ -237,6 +247,7 @@ def test_matched_bits_interpolation_against_a_hand_example():
             rows.append(("b", f"b{bits}", seed, bits, acc))
     df = pd.DataFrame(rows, columns=["method", "params", "seed", "bits_remaining_pct", "accuracy"])
     df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    df["series"] = df.method
     p = paired(df)
     assert list(p["bits remaining %"]) == [4, 8]
     assert list(p["accuracy b %"]) == pytest.approx([82, 86]) and list(p["accuracy a %"]) == pytest.approx([84, 88])
@@ -244,3 +255,13 @@ def test_matched_bits_interpolation_against_a_hand_example():
     assert list(p.seeds) == [3, 3] and list(p.verdict) == ["a", "a"]
     assert verdict("a", "b", 0.3, 0.5, 3) == "tie" and verdict("a", "b", -2, 0.5, 3) == "b"
     assert verdict("a", "b", 2, float("nan"), 1) == "no verdict (1 seed)"
+
+
+def test_non_numeric_parameters_that_vary_split_a_method_into_curves():
+    from benchmarks.report import series_names
+
+    params = [{"gamma": g, "cost": c, "from_float": True} for c in ("bits", "bitops") for g in (0.01, 0.1)]
+    df = pd.DataFrame({"method": ["self_compression"] * 4 + ["diffq"] * 2 + ["float"],
+                       "params": [json.dumps(p) for p in params] + [json.dumps({"lam": v}) for v in (0.1, 1)] + ["{}"]})
+    assert list(series_names(df)) == ["self_compression cost=bits"] * 2 + ["self_compression cost=bitops"] * 2 + \
+        ["diffq", "diffq", "float"]
