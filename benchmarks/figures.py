@@ -111,17 +111,24 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
     curves = _histories(out, "weight_fixing", "delta", {"round", "share_fixed", "unique_fixed", "test_acc"})
     if not curves:
         return False
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    moved = any("mean_abs_dw" in h.columns for _, _, h in curves)  # recorded by runs since 2026-11-24
+    fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 4), layout="constrained")
     for delta, seed, h in curves:
         last = h.groupby("round").tail(1)  # the end of each round's retraining
-        a1.plot(100 * last.share_fixed, last.unique_fixed, "o-", ms=3, label=f"δ={delta} s{seed}")
-        a2.plot(100 * last.share_fixed, last.test_acc, "o-", ms=3, label=f"δ={delta} s{seed}")
-    a1.set_ylabel("unique values among fixed weights")
-    a2.set_ylabel("test accuracy (%)")
-    for a in (a1, a2):
+        axes[0].plot(100 * last.share_fixed, last.unique_fixed, "o-", ms=3, label=f"δ={delta} s{seed}")
+        axes[1].plot(100 * last.share_fixed, last.test_acc, "o-", ms=3, label=f"δ={delta} s{seed}")
+        if "mean_abs_dw" in last.columns:
+            axes[2].plot(100 * last.share_fixed, last.mean_abs_dw / last.mean_abs_w_unfixed, "o-", ms=3,
+                         label=f"δ={delta} s{seed}")
+    axes[0].set_ylabel("unique values among fixed weights")
+    axes[1].set_ylabel("test accuracy (%)")
+    if moved:
+        axes[2].set_ylabel("mean |Δw| in the round / mean |w|, unfixed weights")
+        _log_axis(axes[2].yaxis)
+    for a in axes:
         a.set_xlabel("weights fixed (%)")
         a.grid(True, alpha=0.3)
-    a2.legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     _save(fig, folder, "weight_fixing_rounds")
     return True
 

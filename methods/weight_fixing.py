@@ -112,6 +112,7 @@ class WeightFixing(Method):
             self.k_max = wf_cluster.top_exponent(float(self._flat(params).abs().max()))
         self.round, self.order, self.fallback_fixed = 0, 0, 0
         self.unfixed = torch.arange(self.n, device=dev)
+        self.round_start = torch.zeros(0, device=dev)
         self.centres = wf_cluster.centres(0, self.delta_t, self.k_max, dev, self.value.dtype)
         self.dead: dict[str, torch.Tensor | None] = {n.name: None for n in self.topo.nodes}
         for n in self.topo.nodes:
@@ -173,6 +174,7 @@ class WeightFixing(Method):
         self._mark_dead(model)
         self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, dev, flat.dtype)
         self.unfixed = torch.nonzero(~self.fixed).squeeze(1)
+        self.round_start = flat[self.unfixed].clone()  # how far retraining moves them: epoch_metrics
         log.info("weight fixing round %d: %.2f%% fixed (delta_t=%.4g, order %d)", self.round,
                  100.0 * target / self.n, self.delta_t, self.order)
 
@@ -210,14 +212,21 @@ class WeightFixing(Method):
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         vals = self.value[self.fixed]
-        return {"round": self.round, "share_fixed": float(self.fixed.sum()) / self.n,
+        with torch.no_grad():
+            now = self._flat(self._params(model))[self.unfixed]
+            moved = float((now - self.round_start).abs().mean()) if len(now) else 0.0
+            size = float(now.abs().mean()) if len(now) else 0.0
+        # mean |Δw| of the unfixed weights since this round's fixing: whether retraining moves them at all
+        return {"mean_abs_dw": moved, "mean_abs_w_unfixed": size,
+                "round": self.round, "share_fixed": float(self.fixed.sum()) / self.n,
                 "unique_fixed": int(torch.unique(vals).numel()), "entropy_fixed": entropy(vals),
                 "order": self.order, "delta_t": self.delta_t, "fallback_fixed": self.fallback_fixed,
                 "n_centres": len(wf_cluster.centre_values(self.order, self.delta_t, wf_cluster.K_MIN, self.k_max))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"fixed": self.fixed, "value": self.value, "round": self.round, "order": self.order,
-                "fallback_fixed": self.fallback_fixed, "k_max": self.k_max, "dead": self.dead}
+                "fallback_fixed": self.fallback_fixed, "k_max": self.k_max, "dead": self.dead,
+                "round_start": self.round_start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dev = self.fixed.device
@@ -227,6 +236,7 @@ class WeightFixing(Method):
         self.dead = {k: None if v is None else v.to(dev) for k, v in state["dead"].items()}
         self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, dev, self.value.dtype)
         self.unfixed = torch.nonzero(~self.fixed).squeeze(1)
+        self.round_start = state["round_start"].to(dev)
 
     # --- export ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -218,6 +218,13 @@ def test_rounds_fix_the_schedule_and_fixed_weights_never_move(fixed_run):
     for i, (mask_i, vals_i) in enumerate(snaps):
         for _, vals_k in snaps[i:]:
             assert torch.equal(vals_k[mask_i], vals_i[mask_i])
+    # mean |Δw| of a round's unfixed weights, by hand: fixing leaves the unfixed weights as the previous
+    # round ended them, so the round's movement is end-of-round values against the previous round's
+    for r in range(1, len(hist) - 1):
+        unfixed = ~snaps[r][0]
+        moved = (snaps[r][1][unfixed] - snaps[r - 1][1][unfixed]).abs().mean()
+        assert hist[r]["mean_abs_dw"] == pytest.approx(float(moved), rel=1e-4) and hist[r]["mean_abs_dw"] > 0
+    assert hist[-1]["mean_abs_dw"] == 0.0  # nothing left unfixed
 
 
 def counted_entropy(values: list[float]) -> float:
