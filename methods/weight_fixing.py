@@ -17,11 +17,12 @@ largest first until the round's share is met exactly. We count, per centre, the 
 fix within δ_t (rather than every weight it is nearest to), so "the centre nearest to the most weights" is
 the one that fixes the most. The order rises (and stays risen for later rounds) when nothing more fits at
 the current one; past ``max_order`` the closest remaining weights go to their nearest centre whatever
-their distance (the fallback, counted in ``fallback_fixed``). δ_t = max(δ, δ (T - t)) with t = 1..T
-(1-based, so round 1 uses 9δ and the last two δ).
+their distance (the fallback, counted in ``fallback_fixed``). δ_t = δ (T - t + 1) with t = 1..T, the
+paper's 10δ … δ (``delta_schedule="9to1"``: the first version's max(δ, δ (T - t)), 9δ … δ, δ).
 
 Regulariser: ``α · L_reg``, L_reg = mean_i Σ_j softmin_j(D_ij / τ) D_ij over the unfixed weights and the
-current round's centres, α = stopgrad(λ · CE / L_reg). We floor the denominator of D at 2^-7 (see
+centres chosen so far (the values fixed weights hold, as in the authors' code; ``reg_centres="candidates"``:
+every candidate centre of the current order, the first version), α = stopgrad(λ · CE / L_reg). We floor the denominator of D at 2^-7 (see
 ``wf_cluster.softmin_distance_terms``) and compute it exactly in chunks of weights.
 
 A conv output channel whose weights are all fixed to 0 is dead: the accounting removes it, so (as in
@@ -66,11 +67,20 @@ class WeightFixing(Method):
         grad_clip: float = 1.0  # global gradient-norm clip of the retraining (0: none)
         max_order: int = 3  # highest order of additive powers of two before the fallback
         fix_batchnorm: bool = False  # also fix BatchNorm weights and biases
+        delta_schedule: str = "paper"  # round thresholds: "paper" (10δ … δ) or "9to1" (9δ … δ, δ: the first version)
+        reg_centres: str = "chosen"  # the regulariser pulls toward the centres "chosen" so far (the authors'
+        # code) or toward every "candidate" centre of the current order (the first version)
 
         def validate(self) -> None:
-            if not (0 < self.delta and self.delta * (ROUNDS - 1) < 1):
-                raise ConfigError(f"weight_fixing.delta must lie in (0, {1 / (ROUNDS - 1):.4f}) so that the first "
-                                 f"round's threshold {ROUNDS - 1}·delta stays below 1, got {self.delta}")
+            if self.delta_schedule not in wf_cluster.DELTA_SCHEDULES:
+                raise ConfigError(f"weight_fixing.delta_schedule must be one of {', '.join(wf_cluster.DELTA_SCHEDULES)}, "
+                                  f"got {self.delta_schedule!r}")
+            if self.reg_centres not in ("chosen", "candidates"):
+                raise ConfigError(f"weight_fixing.reg_centres must be 'chosen' or 'candidates', got {self.reg_centres!r}")
+            first = wf_cluster.delta_at(1.0, 1, ROUNDS, self.delta_schedule)  # the first round's multiple of delta
+            if not (0 < self.delta and self.delta * first < 1):
+                raise ConfigError(f"weight_fixing.delta must lie in (0, {1 / first:.4f}) so that the first "
+                                  f"round's threshold {first:g}·delta stays below 1, got {self.delta}")
             if not (self.lam >= 0 and math.isfinite(self.lam)):
                 raise ConfigError(f"weight_fixing.lam must be a finite number >= 0, got {self.lam}")
             if not self.tau > 0:
@@ -141,7 +151,7 @@ class WeightFixing(Method):
 
     @property
     def delta_t(self) -> float:
-        return wf_cluster.delta_at(self.config.delta, max(1, self.round), ROUNDS)
+        return wf_cluster.delta_at(self.config.delta, max(1, self.round), ROUNDS, self.config.delta_schedule)
 
     # --- the rounds ------------------------------------------------------------------------------
     def phases(self, epochs: int) -> list[Phase]:
@@ -172,11 +182,19 @@ class WeightFixing(Method):
                         "(nothing more fitted at max_order=%d)", self.round, n_fb, self.delta_t, self.config.max_order)
         self._impose(params)
         self._mark_dead(model)
-        self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, dev, flat.dtype)
+        self._pick_centres()
         self.unfixed = torch.nonzero(~self.fixed).squeeze(1)
         self.round_start = flat[self.unfixed].clone()  # how far retraining moves them: epoch_metrics
         log.info("weight fixing round %d: %.2f%% fixed (delta_t=%.4g, order %d)", self.round,
                  100.0 * target / self.n, self.delta_t, self.order)
+
+    def _pick_centres(self) -> None:
+        """The regulariser's centres: the values fixed so far, or every candidate of the current order."""
+        chosen = torch.unique(self.value[self.fixed])
+        if self.config.reg_centres == "chosen" and len(chosen):
+            self.centres = chosen
+        else:
+            self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, self.value.device, self.value.dtype)
 
     def _impose(self, params: Sequence[nn.Parameter]) -> None:
         for p, m, v in zip(params, self._views(self.fixed, params), self._views(self.value, params)):
@@ -234,7 +252,7 @@ class WeightFixing(Method):
         self.round, self.order, self.fallback_fixed, self.k_max = (state[k] for k in ("round", "order",
                                                                                      "fallback_fixed", "k_max"))
         self.dead = {k: None if v is None else v.to(dev) for k, v in state["dead"].items()}
-        self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, dev, self.value.dtype)
+        self._pick_centres()
         self.unfixed = torch.nonzero(~self.fixed).squeeze(1)
         self.round_start = state["round_start"].to(dev)
 

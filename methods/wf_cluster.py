@@ -92,8 +92,14 @@ def top_exponent(max_abs: float) -> int:
     return max(0, math.ceil(math.log2(max_abs))) if max_abs > 0 else 0
 
 
-def delta_at(delta: float, t: int, rounds: int) -> float:
-    """The threshold of round t (1-based): delta_t = max(delta, delta (T - t)), loose early, delta at the end."""
+DELTA_SCHEDULES = ("paper", "9to1")
+
+
+def delta_at(delta: float, t: int, rounds: int, schedule: str = "paper") -> float:
+    """The threshold of round t (1-based), loose early, delta at the end: the paper's delta (T - t + 1)
+    (10δ … δ over ten rounds), or this suite's first version, max(delta, delta (T - t)) (9δ … δ, δ)."""
+    if schedule == "paper":
+        return delta * (rounds - t + 1)
     return max(delta, delta * (rounds - t))
 
 

@@ -14,7 +14,7 @@ from benchmarks.models import ModelSpec, build_model
 from benchmarks.size import size_report
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
-from methods import Method, get_method
+from methods import ConfigError, Method, get_method
 from methods import wf_cluster as wc
 from methods.weight_fixing import SHARES
 
@@ -54,8 +54,27 @@ def test_higher_orders_only_add_sums_of_at_most_order_plus_one_powers_of_two():
 
 
 def test_delta_schedule():
-    assert [wc.delta_at(0.01, t, 10) for t in range(1, 11)] == pytest.approx([0.09, 0.08, 0.07, 0.06, 0.05, 0.04,
-                                                                              0.03, 0.02, 0.01, 0.01])
+    assert [wc.delta_at(0.01, t, 10) for t in range(1, 11)] == pytest.approx([0.1, 0.09, 0.08, 0.07, 0.06, 0.05,
+                                                                              0.04, 0.03, 0.02, 0.01])  # the paper's
+    assert [wc.delta_at(0.01, t, 10, "9to1") for t in range(1, 11)] == pytest.approx(
+        [0.09, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01, 0.01])
+    with pytest.raises(ConfigError, match="0.1000"):
+        get_method("weight_fixing").from_params(delta=0.1)  # 10·delta must stay below 1
+    get_method("weight_fixing").from_params(delta=0.1, delta_schedule="9to1")
+
+
+def test_regulariser_sees_only_the_chosen_centres():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("tinycnn"))
+    for centres, expect_chosen in (("chosen", True), ("candidates", False)):
+        wf = get_method("weight_fixing").from_params(delta=0.02, reg_centres=centres)
+        wf.prepare(model if centres == "chosen" else build_model(ModelSpec("tinycnn")))
+        wf.on_phase_start(model, 0)
+        chosen = torch.unique(wf.value[wf.fixed])
+        if expect_chosen:
+            assert torch.equal(wf.centres, chosen)
+        else:
+            assert len(wf.centres) > len(chosen) and set(chosen.tolist()) <= set(wf.centres.tolist())
 
 
 # --- selection -----------------------------------------------------------------------------------------
@@ -92,7 +111,7 @@ def run_rounds(w, delta, max_order):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(1, 600), delta=st.sampled_from([0.003, 0.01, 0.03, 0.1]),
+@given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(1, 600), delta=st.sampled_from([0.003, 0.01, 0.03, 0.09]),
        max_order=st.integers(0, 3), scale=st.sampled_from([0.003, 0.03, 0.3]))
 def test_selection_fixes_exact_shares_within_delta(seed, n, delta, max_order, scale):
     g = torch.Generator().manual_seed(seed)
