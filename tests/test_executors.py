@@ -47,6 +47,7 @@ def run_folders(out: Path) -> dict[str, tuple]:
     for folder in sorted((out / "runs").iterdir()):
         result = {k: v for k, v in json.loads((folder / "result.json").read_text()).items()
                   if k not in ("train_seconds", "wall_seconds")}
+        result["budget"] = {k: v for k, v in result.get("budget", {}).items() if not k.endswith("_seconds")}
         history = [{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "epoch_time_vs_float")}
                    for line in (folder / "history.jsonl").read_text().splitlines()]
         runs[folder.name] = (sorted(f.name for f in folder.iterdir()), result, history,

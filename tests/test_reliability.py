@@ -235,7 +235,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
 @pytest.mark.parametrize("args, message", [
     (["--grid", "self_compression.gamma=-1"], "self_compression.gamma must be a finite number >= 0, got -1"),
     (["--grid", "self_compression.gamma=Infinity"], "self_compression.gamma must be a finite number, got inf"),
-    (["--grid", "weight_fixing.delta=0.5"], "weight_fixing.delta must lie in (0, 0.1111)"),
+    (["--grid", "weight_fixing.delta=0.5"], "weight_fixing.delta must lie in (0, 0.1000)"),
     (["--out", ""], "--out is empty"),
 ])
 def test_bad_parameter_values_are_named_not_called_broken(args, message, tmp_path):

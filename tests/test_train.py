@@ -131,6 +131,8 @@ def test_auto_precision_picks_bf16_only_on_native_hardware(monkeypatch):
     assert train_mod.resolve_precision("auto", cpu) == "fp32"
     assert train_mod.resolve_precision("bf16", cpu) == "bf16"  # asked for: given, with a warning
     monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
+    assert train_mod.resolve_precision("auto", cpu) == "fp32"  # until the 3-seed evidence allows it
+    monkeypatch.setattr(train_mod, "AUTO_PICKS_BF16", True)
     assert train_mod.resolve_precision("auto", cpu) == "bf16"
     assert train_mod.resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="--precision"):
