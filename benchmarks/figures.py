@@ -5,6 +5,7 @@ No training code is imported and no GPU is needed: every figure is rebuilt from 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.report import summary, write_tables  # noqa: E402
+from benchmarks.report import series_names, summary, write_tables  # noqa: E402
 from benchmarks.rundir import read_history, read_result, replacing  # noqa: E402
 
 
@@ -91,9 +92,9 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     return True
 
 
-def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple]:
-    """(knob value, seed, history DataFrame) of every finished run of ``method`` whose history has the
-    columns ``need`` (broken files are named in a warning and skipped, never fatal)."""
+def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(label, history DataFrame) of every finished run of ``method`` whose history has the columns
+    ``need`` (broken files are named in a warning and skipped, never fatal)."""
     curves = []
     for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
         r = read_result(folder, deep=False)
@@ -102,8 +103,14 @@ def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple]
         hist = pd.DataFrame(read_history(folder / "history.jsonl"))
         if hist.empty or not need <= set(hist.columns):
             continue
-        curves.append((r["spec"]["params"].get(knob), r["spec"].get("seed"), hist))
-    return sorted(curves, key=lambda c: (str(c[0]), str(c[1])))
+        curves.append((r["spec"]["params"], r["spec"].get("seed"), hist))
+    # a curve is named by its knob, seed, and the non-numeric parameters that vary between the runs
+    params = pd.DataFrame({"method": method, "params": [json.dumps(c[0], sort_keys=True) for c in curves]})
+    extra = [s.removeprefix(method).strip() for s in series_names(params)] if curves else []
+    symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
+    named = [(f"{symbol}={p.get(knob)}" + (f" {x}" if x else "") + f" s{seed}", h)
+             for (p, seed, h), x in zip(curves, extra)]
+    return sorted(named, key=lambda c: c[0])
 
 
 def weight_fixing_figure(out: Path, folder: Path) -> bool:
@@ -111,15 +118,15 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
     curves = _histories(out, "weight_fixing", "delta", {"round", "share_fixed", "unique_fixed", "test_acc"})
     if not curves:
         return False
-    moved = any("mean_abs_dw" in h.columns for _, _, h in curves)  # recorded by runs since 2026-11-24
+    moved = any("mean_abs_dw" in h.columns for _, h in curves)  # recorded by runs since 2026-11-24
     fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 4), layout="constrained")
-    for delta, seed, h in curves:
+    for i, (label, h) in enumerate(curves):
         last = h.groupby("round").tail(1)  # the end of each round's retraining
-        axes[0].plot(100 * last.share_fixed, last.unique_fixed, "o-", ms=3, label=f"δ={delta} s{seed}")
-        axes[1].plot(100 * last.share_fixed, last.test_acc, "o-", ms=3, label=f"δ={delta} s{seed}")
+        style = dict(color=f"C{i % 10}", marker="o", ms=3, label=label)
+        axes[0].plot(100 * last.share_fixed, last.unique_fixed, **style)
+        axes[1].plot(100 * last.share_fixed, last.test_acc, **style)
         if "mean_abs_dw" in last.columns:
-            axes[2].plot(100 * last.share_fixed, last.mean_abs_dw / last.mean_abs_w_unfixed, "o-", ms=3,
-                         label=f"δ={delta} s{seed}")
+            axes[2].plot(100 * last.share_fixed, last.mean_abs_dw / last.mean_abs_w_unfixed, **style)
     axes[0].set_ylabel("unique values among fixed weights")
     axes[1].set_ylabel("test accuracy (%)")
     if moved:
@@ -140,17 +147,17 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
     curves = _histories(out, "self_compression", "gamma", {"epoch", "bits_remaining_pct", "weights_remaining_pct"})
     if not curves:
         return False
-    timed = [c for c in curves if "epoch_time_vs_float" in c[2].columns]
+    timed = [c for c in curves if "epoch_time_vs_float" in c[1].columns]
     fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4), layout="constrained")
-    for gamma, seed, h in curves:
-        axes[0].plot(h.epoch, h.bits_remaining_pct, label=f"γ={gamma} s{seed}")
-        axes[1].plot(h.epoch, h.weights_remaining_pct, label=f"γ={gamma} s{seed}")
+    for i, (label, h) in enumerate(curves):  # one colour per run in every panel
+        axes[0].plot(h.epoch, h.bits_remaining_pct, color=f"C{i % 10}", label=label)
+        axes[1].plot(h.epoch, h.weights_remaining_pct, color=f"C{i % 10}", label=label)
+        if "epoch_time_vs_float" in h.columns:
+            axes[2].plot(h.epoch, h.epoch_time_vs_float, "o-", color=f"C{i % 10}", ms=3, label=label)
     axes[0].set_ylabel("bits remaining (%), exported model")
     axes[1].set_ylabel("weights remaining (%), exported model")
     for a in axes[:2]:
         _log_axis(a.yaxis)
-    for gamma, seed, h in timed:
-        axes[2].plot(h.epoch, h.epoch_time_vs_float, "o-", ms=3, label=f"γ={gamma} s{seed}")
     if timed:
         axes[2].axhline(1.0, color="k", lw=0.8)
         axes[2].set_ylabel("step time / float model's step time")
