@@ -203,10 +203,9 @@ class SelfCompression(Method):
 
     def _alive_inputs(self) -> dict[str, torch.Tensor]:
         alive_out = {name: q.alive() for name, q in self.quantizers.items()}
-        dead = dead_space_channels(self.topo, {k: ~v for k, v in alive_out.items()})
-        # a space channel is alive while any producer has b > 0 (dead_space_channels keeps one channel
-        # of a fully dead space for the module's sake; Q must still count it as dead)
-        return {s: torch.stack([alive_out[n.name] for n in self.topo.producers(s)]).any(0) for s in dead}
+        # a space channel is alive while any producer has b > 0 (surgery keeps one channel of a fully dead
+        # space for the module's sake; Q must still count it as dead); device ops only, no synchronisation
+        return {s: torch.stack([alive_out[n.name] for n in self.topo.producers(s)]).any(0) for s in self.topo.spaces}
 
     def size_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, weights remaining) from the real b: bits per original weight, or with ``cost="bitops"`` bits
