@@ -45,14 +45,22 @@ def _log_axis(axis: matplotlib.axis.Axis) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
 
+def _reference_line(ax: plt.Axes, series: str, model: str, part: pd.DataFrame) -> bool:
+    """Draw the float model (dashed) or an equal-budget control (dotted) as a horizontal reference line;
+    False for a compression method's series, which the caller draws as points."""
+    if not series.startswith("float"):
+        return False
+    ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if series == "float" else ":", lw=1,
+               label=f"{series} ({model})")
+    return True
+
+
 def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     """Accuracy against ``axis`` remaining: "bits" (fixed-length), "coded_bits" (as stored) or "weights"."""
     x = "coded_bits_pct" if axis == "coded_bits" else f"{axis}_remaining_pct"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (method, model), part in s.groupby(["series", "model"]):
-        if method.startswith("float"):  # the float model, and equal-budget controls: reference lines
-            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if method == "float" else ":", lw=1,
-                       label=f"{method} ({model})")
+        if _reference_line(ax, method, model, part):
             continue
         part = part[part[f"{x}_mean"].notna()]  # runs from before packed format v2 have no coded bits
         if part.empty:
@@ -77,9 +85,7 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (method, model), part in s.groupby(["series", "model"]):
-        if method.startswith("float"):  # the float model, and equal-budget controls: reference lines
-            ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if method == "float" else ":", lw=1,
-                       label=f"{method} ({model})")
+        if _reference_line(ax, method, model, part):
             continue
         ax.errorbar(part.infer_speedup_mean, part.accuracy_mean, xerr=part.infer_speedup_std.fillna(0),
                     yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{method} ({model})")

@@ -91,15 +91,14 @@ def measure(methods: list[str], preset: str, precision: str, device: torch.devic
     for r in range(repeats):
         for n in names if r % 2 == 0 else reversed(names):  # alternate the order, so drift hits all alike
             times[n].append(_time(steppers[n], steps, device))
-    ref = statistics.median(times["float"])
-    cfg = get_preset(preset).method_train
+    median = {n: statistics.median(t) for n, t in times.items()}
+    batch = p.method_train.batch_size
     return pd.DataFrame([{"method": n, "params": str(TIMED_WITH.get(n, {})), "precision": precision,
-                          "device": device.type, "batch_size": cfg.batch_size,
-                          "step_ms": 1000 * statistics.median(t), "float_step_ms": 1000 * ref,
-                          "step_vs_float": statistics.median(t) / ref,
-                          "images_per_s": cfg.batch_size / statistics.median(t), "repeats": repeats,
+                          "device": device.type, "batch_size": batch,
+                          "step_ms": 1000 * t, "float_step_ms": 1000 * median["float"],
+                          "step_vs_float": t / median["float"], "images_per_s": batch / t, "repeats": repeats,
                           "steps": steps, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "measured": datetime.date.today().isoformat()} for n, t in times.items()])
+                          "measured": datetime.date.today().isoformat()} for n, t in median.items()])
 
 
 def main(argv: list[str] | None = None) -> int:
