@@ -5,19 +5,21 @@ BatchNorm affine parameters too — form one flat vector clustered onto one code
 network, with no per-layer scale. Starting from the trained float model, ten rounds fix a cumulative
 share of that vector (``SHARES``); between rounds the weights not yet fixed retrain with a fresh Adam
 (the fixed ones have their gradients zeroed and their values re-imposed after every step, so they never
-move). Each round is one training phase; ``on_phase_start`` fixes before the phase retrains.
+move) for ``epochs_per_round`` epochs (the paper's 3, at the authors' Adam 2e-5 for CIFAR ResNets). Each
+round is one training phase; ``on_phase_start`` fixes before the phase retrains.
 
 Centres (``wf_cluster.centre_values``): 0 and ±2^k (2^-7 <= |c| <= 2^k_max) at order 0; order o >= 1 adds,
 per point of the geometric grid of ratio (1 + δ_t) / (1 - δ_t) from 2^-7, the nearest sum of at most o + 1
 powers of two. k_max = 0 (the paper's |c| <= 1) unless the starting weights exceed 1 in magnitude (it is
-fixed at ``prepare`` to the smallest power of two covering them). Selection (``wf_cluster.select``): every
-unfixed weight belongs to its nearest centre; a centre can take the longest run of its weights, by
-increasing |w - c| / |w|, whose mean stays <= δ_t; |w| < 2^-7 always go to 0; centres take their groups
-largest first until the round's share is met exactly. We count, per centre, the weights it can actually
-fix within δ_t (rather than every weight it is nearest to), so "the centre nearest to the most weights" is
-the one that fixes the most. The order rises (and stays risen for later rounds) when nothing more fits at
-the current one; past ``max_order`` the closest remaining weights go to their nearest centre whatever
-their distance (the fallback, counted in ``fallback_fixed``). δ_t = δ (T - t + 1) with t = 1..T, the
+fixed at ``prepare`` to the smallest power of two covering them). Selection
+(``wf_cluster.select_one_at_a_time``, the authors' greedy): the centre nearest to the most unfixed weights
+takes, from the unfixed weights of its sign, the longest run by increasing |w - c| / |w| whose mean stays
+<= δ_t; the counts are taken again and the next centre chosen, until the round's share is met exactly;
+|w| < 2^-7 always go to 0. When the most popular centre can take nothing, the order rises; every round
+starts again at order 0, as in the authors' code. Past ``max_order`` the closest remaining weights go to
+their nearest centre whatever their distance (the fallback, counted in ``fallback_fixed``; the authors
+double δ instead). ``selection="by_capacity"`` is the first version: every weight in its nearest centre's
+group, all groups at once, largest first, the order kept for later rounds. δ_t = δ (T - t + 1) with t = 1..T, the
 paper's 10δ … δ (``delta_schedule="9to1"``: the first version's max(δ, δ (T - t)), 9δ … δ, δ).
 
 Regulariser: ``α · L_reg``, L_reg = mean_i Σ_j softmin_j(D_ij / τ) D_ij over the unfixed weights and the
@@ -70,11 +72,19 @@ class WeightFixing(Method):
         delta_schedule: str = "paper"  # round thresholds: "paper" (10δ … δ) or "9to1" (9δ … δ, δ: the first version)
         reg_centres: str = "chosen"  # the regulariser pulls toward the centres "chosen" so far (the authors'
         # code) or toward every "candidate" centre of the current order (the first version)
+        selection: str = "one_at_a_time"  # "one_at_a_time" (the authors' greedy) or "by_capacity" (the first version)
+        epochs_per_round: int = 3  # retraining epochs after each fixing (the paper's 3); 0: the preset's
+        # method epochs shared over the ten rounds (the first version: 1 a round on the cpu preset)
 
         def validate(self) -> None:
             if self.delta_schedule not in wf_cluster.DELTA_SCHEDULES:
                 raise ConfigError(f"weight_fixing.delta_schedule must be one of {', '.join(wf_cluster.DELTA_SCHEDULES)}, "
                                   f"got {self.delta_schedule!r}")
+            if self.selection not in wf_cluster.SELECTIONS:
+                raise ConfigError(f"weight_fixing.selection must be one of {', '.join(wf_cluster.SELECTIONS)}, "
+                                  f"got {self.selection!r}")
+            if not self.epochs_per_round >= 0:
+                raise ConfigError(f"weight_fixing.epochs_per_round must be >= 0, got {self.epochs_per_round}")
             if self.reg_centres not in ("chosen", "candidates"):
                 raise ConfigError(f"weight_fixing.reg_centres must be 'chosen' or 'candidates', got {self.reg_centres!r}")
             first = wf_cluster.delta_at(1.0, 1, ROUNDS, self.delta_schedule)  # the first round's multiple of delta
@@ -93,7 +103,7 @@ class WeightFixing(Method):
                 raise ConfigError(f"weight_fixing.max_order must lie in [0, 4], got {self.max_order}")
 
     default_grid = {
-        "smoke": {"delta": [0.01, 0.05]},
+        "smoke": {"delta": [0.01, 0.05], "epochs_per_round": [1]},  # plumbing, not the paper's budget
         "cpu": {"delta": [0.005, 0.01, 0.02, 0.04, 0.08]},
         "paper": {"delta": [0.005, 0.0075, 0.01, 0.015, 0.02, 0.04, 0.08]},
     }
@@ -155,7 +165,7 @@ class WeightFixing(Method):
 
     # --- the rounds ------------------------------------------------------------------------------
     def phases(self, epochs: int) -> list[Phase]:
-        e = max(1, round(epochs / ROUNDS))
+        e = self.config.epochs_per_round or max(1, round(epochs / ROUNDS))
         return [Phase(e, optimizer="adam", lr=self.config.lr, schedule="constant", weight_decay=0.0,
                       grad_clip=self.config.grad_clip or None) for _ in range(ROUNDS)]
 
@@ -170,7 +180,9 @@ class WeightFixing(Method):
         need = target - int(self.fixed.sum())
         flat = self._flat(params).detach()
         free = torch.nonzero(~self.fixed).squeeze(1)
-        sel = wf_cluster.select(flat[free], need, self.delta_t, self.order, self.config.max_order, self.k_max)
+        one_at_a_time = self.config.selection == "one_at_a_time"  # the authors restart at order 0 every round
+        sel = wf_cluster.SELECTIONS[self.config.selection](flat[free], need, self.delta_t, 0 if one_at_a_time
+                                                           else self.order, self.config.max_order, self.k_max)
         idx = free[sel.index]
         self.fixed[idx] = True
         self.value[idx] = sel.value

@@ -79,8 +79,10 @@ def test_regulariser_sees_only_the_chosen_centres():
 
 # --- selection -----------------------------------------------------------------------------------------
 
-def run_rounds(w, delta, max_order):
+def run_rounds(w, delta, max_order, selection="one_at_a_time"):
     """The ten rounds of selection on fixed weights (no retraining), checking every round's invariants."""
+    select = wc.SELECTIONS[selection]
+    restart = selection == "one_at_a_time"  # the authors' greedy starts every round at order 0
     n = len(w)
     fixed = torch.zeros(n, dtype=torch.bool)
     value = torch.zeros(n)
@@ -89,13 +91,14 @@ def run_rounds(w, delta, max_order):
         d = wc.delta_at(delta, t, len(SHARES))
         free = torch.nonzero(~fixed).squeeze(1)
         need = round(share * n) - int(fixed.sum())
-        sel = wc.select(w[free], need, d, order, max_order)
+        start = 0 if restart else order
+        sel = select(w[free], need, d, start, max_order)
         idx = free[sel.index]
         assert len(idx) == need == len(torch.unique(idx))  # exactly the round's share, each weight once
         fixed[idx] = True
         value[idx] = sel.value
         assert int(fixed.sum()) == round(share * n)
-        assert order <= sel.order <= max(order, max_order)
+        assert start <= sel.order <= max(start, max_order)
         order = sel.order
         ws, vs = w[idx], sel.value
         allowed = set(wc.centre_values(order, d))
@@ -112,11 +115,45 @@ def run_rounds(w, delta, max_order):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(1, 600), delta=st.sampled_from([0.003, 0.01, 0.03, 0.09]),
-       max_order=st.integers(0, 3), scale=st.sampled_from([0.003, 0.03, 0.3]))
-def test_selection_fixes_exact_shares_within_delta(seed, n, delta, max_order, scale):
+       max_order=st.integers(0, 3), scale=st.sampled_from([0.003, 0.03, 0.3]),
+       selection=st.sampled_from(sorted(wc.SELECTIONS)))
+def test_selection_fixes_exact_shares_within_delta(seed, n, delta, max_order, scale, selection):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, generator=g) * scale
-    run_rounds(w, delta, max_order)
+    run_rounds(w, delta, max_order, selection)
+
+
+def test_one_at_a_time_follows_a_hand_trace():
+    # order 0 centres near these weights: 0, 0.125, 0.25, 0.5, 1; delta 0.2
+    w = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.4, 0.37, 0.13, 0.13, 0.13, 0.005])
+    # nearest counts: 0.5 -> 5 (four 0.5 and 0.4), 0.125 -> 3, 0.25 -> 1 (0.37), 0 -> 1 (0.005 < 2^-7).
+    # 1. 0.5 has the most; by relative distance to it the weights of its sign run 0, 0, 0, 0, 0.25 (0.4),
+    #    0.351 (0.37), 2.85 (0.13): running means 0 … 0.05, 0.100, then 0.49 > 0.2, so it takes six,
+    #    0.37 included although 0.25 is nearer to it.
+    # 2. recounted: 0.125 -> 3, 0 -> 1, others 0: 0.125 takes the three 0.13 (0.038 each).
+    # 3. zero takes 0.005.
+    sel = wc.select_one_at_a_time(w, 10, 0.2, order=0, max_order=0)
+    assert sorted(sel.index.tolist()) == list(range(10))
+    got = dict(zip(sel.index.tolist(), sel.value.tolist()))
+    assert [got[i] for i in range(10)] == [0.5] * 6 + [0.125] * 3 + [0.0]
+    assert not sel.fallback.any()
+    order_of_steps = torch.unique_consecutive(sel.value).tolist()
+    assert order_of_steps == [0.5, 0.125, 0.0]
+    # the first version gives 0.37 its nearest centre's group, which cannot hold it within 0.2: the fallback
+    cap = wc.select_by_capacity(w, 10, 0.2, order=0, max_order=0)
+    got = dict(zip(cap.index.tolist(), cap.value.tolist()))
+    assert got[5] == 0.25 and int(cap.fallback.sum()) == 1
+    # capped at what is needed: the closest of the most popular centre's run
+    few = wc.select_one_at_a_time(w, 5, 0.2, order=0, max_order=0)
+    assert sorted(few.index.tolist()) == [0, 1, 2, 3, 4] and (few.value == 0.5).all()
+
+
+def test_one_at_a_time_clusters_a_million_weights_in_few_steps():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1_000_000, generator=g) * 0.02
+    sel = wc.select_one_at_a_time(w, 300_000, 0.1, 0, 3)
+    assert len(sel.index) == 300_000 == len(torch.unique(sel.index)) and not sel.fallback.any()
+    assert torch.unique_consecutive(sel.value).numel() < 100  # one step per centre taken, not per weight
 
 
 def test_selection_on_many_weights_prefers_populous_power_of_two_centres():
@@ -124,18 +161,19 @@ def test_selection_on_many_weights_prefers_populous_power_of_two_centres():
     w = torch.randn(50_000, generator=g) * 0.02
     value = run_rounds(w, 0.01, 3)
     assert torch.unique(value).numel() < 400
-    first = wc.select(w, 15_000, 0.09, 0, 3)  # round 1 fits in order 0: only 0 and powers of two
+    first = wc.select_one_at_a_time(w, 15_000, 0.09, 0, 3)  # round 1 fits in order 0: only 0 and powers of two
     assert first.order == 0 and set(torch.unique(first.value).tolist()) <= set(wc.centre_values(0, 0.09))
 
 
 def test_order_rises_when_nothing_fits_and_fallback_meets_the_share():
     w = torch.full((100,), 1.25 * 2 ** -4 * 1.001)  # 20 % from 2^-4, 0.1 % from the order-1 1.25 · 2^-4
-    sel = wc.select(w, 60, 0.01, order=0, max_order=0)
-    assert len(sel.index) == 60 and sel.fallback.all() and sel.order == 0
-    assert (sel.value == 2 ** -4).all()  # nearest centre, whatever the distance
-    sel = wc.select(w, 60, 0.01, order=0, max_order=2)
-    assert len(sel.index) == 60 and not sel.fallback.any() and sel.order == 1
-    assert (sel.value == 1.25 * 2 ** -4).all()
+    for select in wc.SELECTIONS.values():
+        sel = select(w, 60, 0.01, order=0, max_order=0)
+        assert len(sel.index) == 60 and sel.fallback.all() and sel.order == 0
+        assert (sel.value == 2 ** -4).all()  # nearest centre, whatever the distance
+        sel = select(w, 60, 0.01, order=0, max_order=2)
+        assert len(sel.index) == 60 and not sel.fallback.any() and sel.order == 1
+        assert (sel.value == 1.25 * 2 ** -4).all()
 
 
 # --- regulariser ---------------------------------------------------------------------------------------
@@ -166,11 +204,13 @@ def test_regulariser_value_and_gradient_match_autograd(monkeypatch):
 def test_registered_config_and_phases():
     cls = get_method("weight_fixing")
     assert cls.needs_float_model and len(cls.default_grid["cpu"]["delta"]) >= 5
-    ph = cls().phases(30)
+    ph = cls().phases(8)  # the paper's three epochs a round, whatever the preset's method epochs
     assert len(ph) == 10 and {(p.epochs, p.optimizer, p.lr, p.schedule, p.weight_decay, p.grad_clip) for p in ph} == \
         {(3, "adam", 2e-5, "constant", 0.0, 1.0)}
-    assert [p.epochs for p in cls().phases(8)] == [1] * 10
-    for bad in ({"delta": 0.2}, {"delta": 0.0}, {"max_order": 7}, {"tau": 0.0}, {"lam": -1.0}):
+    shared = cls.from_params(epochs_per_round=0)  # the first version: the preset's epochs over the rounds
+    assert [p.epochs for p in shared.phases(8)] == [1] * 10 and [p.epochs for p in shared.phases(30)] == [3] * 10
+    for bad in ({"delta": 0.2}, {"delta": 0.0}, {"max_order": 7}, {"tau": 0.0}, {"lam": -1.0},
+                {"selection": "all"}, {"epochs_per_round": -1}):
         with pytest.raises(ValueError):
             cls.from_params(**bad)
 
@@ -217,7 +257,7 @@ def fixed_run():
     model = build_model(spec)
     train(Method(), model, data, TrainConfig(epochs=3, batch_size=128, lr=0.1), progress=False)
     float_acc = evaluate(model, data.test)
-    wf = get_method("weight_fixing").from_params(delta=0.01)
+    wf = get_method("weight_fixing").from_params(delta=0.01, epochs_per_round=1)
     model = wf.prepare(model)
     hist, snaps = [], []
 
