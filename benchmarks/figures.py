@@ -98,25 +98,39 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     return True
 
 
-def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(label, history DataFrame) of every finished run of ``method`` whose history has the columns
-    ``need`` (broken files are named in a warning and skipped, never fatal)."""
-    curves = []
+def _runs(out: Path, method: str) -> list[dict]:
+    """The finished results (``result.json``) of ``method`` in ``out``, in folder order (broken files are
+    named in a warning and skipped, never fatal)."""
+    found = []
     for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
         r = read_result(folder, deep=False)
-        if r is None or r["status"] != "ok" or r["spec"]["method"] != method:
-            continue
-        hist = pd.DataFrame(read_history(folder / "history.jsonl"))
-        if hist.empty or not need <= set(hist.columns):
-            continue
-        curves.append((r["spec"]["params"], r["spec"].get("seed"), hist))
-    # a curve is named by its knob, seed, and the non-numeric parameters that vary between the runs
-    params = pd.DataFrame({"method": method, "params": [json.dumps(c[0], sort_keys=True) for c in curves]})
-    extra = [s.removeprefix(method).strip() for s in series_names(params)] if curves else []
+        if r is not None and r["status"] == "ok" and r["spec"]["method"] == method:
+            found.append({**r, "folder": folder})
+    return found
+
+
+def _labels(results: list[dict], knob: str) -> list[str]:
+    """A legend label per run: its ``knob`` (γ, δ), every other parameter that varies between the runs,
+    the epochs where they vary, and the seed."""
+    params = [r["spec"]["params"] for r in results]
+    keys = sorted({k for p in params for k in p} - {knob})
+    vary = [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
+    epochs = [r["spec"]["train"]["epochs"] for r in results]
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
-    named = [(f"{symbol}={p.get(knob)}" + (f" {x}" if x else "") + f" s{seed}", h)
-             for (p, seed, h), x in zip(curves, extra)]
-    return sorted(named, key=lambda c: c[0])
+    return [" ".join([f"{symbol}={p.get(knob)}", *(f"{k}={p.get(k)}" for k in vary),
+                      *([f"{e} ep"] if len(set(epochs)) > 1 else []), f"s{r['spec'].get('seed')}"])
+            for p, e, r in zip(params, epochs, results)]
+
+
+def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(label, history DataFrame) of every finished run of ``method`` whose history has the columns ``need``."""
+    found = []
+    for r in _runs(out, method):
+        hist = pd.DataFrame(read_history(r["folder"] / "history.jsonl"))
+        if not hist.empty and need <= set(hist.columns):
+            found.append((r, hist))
+    labels = _labels([r for r, _ in found], knob)
+    return sorted(zip(labels, (h for _, h in found)), key=lambda c: c[0])
 
 
 def weight_fixing_figure(out: Path, folder: Path) -> bool:
@@ -175,6 +189,30 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
     return True
 
 
+def layers_figure(out: Path, folder: Path) -> bool:
+    """Per layer of each self-compression run, as measured from its packed file: the share of the layer's
+    weights left and the bits each remaining weight takes: where a recipe spends its bits."""
+    results = [r for r in _runs(out, "self_compression") if (r.get("size") or {}).get("layers")]
+    if not results:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(16, 4.5), layout="constrained")
+    for i, (label, r) in enumerate(sorted(zip(_labels(results, "gamma"), results), key=lambda c: c[0])):
+        layers = pd.DataFrame(r["size"]["layers"])
+        style = dict(color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3], marker="o", ms=3, label=label)
+        axes[0].plot(layers.layer, 100 * layers.weights_remaining / layers.weights_total, **style)
+        axes[1].plot(layers.layer, layers.mean_bits, **style)
+    axes[0].set_ylabel("weights remaining in the layer (%)")
+    axes[1].set_ylabel("bits per remaining weight")
+    for a in axes:
+        a.set_xlabel("layer (input to output)")
+        a.tick_params(axis="x", labelrotation=45)
+        a.grid(True, alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=7)
+    _save(fig, folder, "self_compression_layers")
+    return True
+
+
 def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     """Rebuild results.csv, tables.md and every figure (under ``figures/``) from the runs in ``out``, into
     ``dest`` (default ``out``)."""
@@ -193,6 +231,7 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     if not s.empty:
         speedup_figure(s, folder)
     training_curve_figure(out, folder)
+    layers_figure(out, folder)
     weight_fixing_figure(out, folder)
     return sorted(folder.glob("*"))
 

@@ -29,7 +29,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert df.loc[df.method == "float", "bits_remaining_pct"].iloc[0] == 100.0
     assert df.coded_bits_pct.notna().all() and (df.coded_bits_pct <= df.bits_remaining_pct + 1).all()
     for name in ("accuracy_vs_bits", "accuracy_vs_coded_bits", "accuracy_vs_weights", "self_compression_training",
-                 "weight_fixing_rounds"):
+                 "self_compression_layers", "weight_fixing_rounds"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 0
     run = next(p for p in (tmp_path / "runs").iterdir() if json.loads((p / "config.json").read_text())["method"] != "float")
