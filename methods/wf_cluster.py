@@ -5,8 +5,8 @@ Everything here is vectorised over the weights and runs on their device. The sel
 weights × centres matrix (nearest centres come from ``bucketize`` on the midpoints between the sorted
 centres, group sizes from one sort and a segmented cumulative mean), so millions of weights cluster in
 seconds; the regulariser, which does need every (weight, centre) distance, walks the weights in chunks and
-keeps only one derivative per weight for the backward pass. ``python -m methods.wf_cluster`` times the
-ten fixing rounds on random weights.
+keeps only one derivative per weight for the backward pass. ``python -m methods.wf_cluster`` runs the
+ten fixing rounds of each selection on random or stored weights, side by side.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -360,40 +361,74 @@ def softmin_distance(w: torch.Tensor, c: torch.Tensor, tau: float) -> torch.Tens
     return _SoftminDistance.apply(w, c, tau)
 
 
-def _time_clustering(n: int, device: str, delta: float, selection: str, max_order: int = 3) -> None:
-    """Time the ten fixing rounds of ``weight_fixing`` on n random N(0, 0.02) weights (no retraining)."""
+def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int = 3,
+                  schedule: str = "paper") -> dict[str, float]:
+    """The ten fixing rounds of ``weight_fixing`` on the flat weights ``w`` without retraining: what the
+    selection alone does (time, fallback, distinct values, entropy, mean relative error of the fixed values)."""
     from methods.weight_fixing import SHARES
+    from benchmarks.size import entropy
 
-    g = torch.Generator().manual_seed(0)
-    w = (torch.randn(n, generator=g) * 0.02).to(device)
-    unfixed = torch.arange(n, device=device)
-    order, fixed, total = 0, 0, 0.0
+    n, dev = w.numel(), w.device
+    unfixed = torch.arange(n, device=dev)
+    value = torch.zeros_like(w)
+    order, fixed, seconds, fallback = 0, 0, 0.0, 0
     for t, share in enumerate(SHARES, start=1):
-        d = delta_at(delta, t, len(SHARES))  # the paper's schedule
+        d = delta_at(delta, t, len(SHARES), schedule)
         need = round(share * n) - fixed
-        if device.startswith("cuda"):
+        if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         sel = SELECTIONS[selection](w[unfixed], need, d, 0 if selection == "one_at_a_time" else order, max_order)
-        keep = torch.ones(len(unfixed), dtype=torch.bool, device=device)
+        value[unfixed[sel.index]] = sel.value
+        keep = torch.ones(len(unfixed), dtype=torch.bool, device=dev)
         keep[sel.index] = False
         unfixed = unfixed[keep]
-        if device.startswith("cuda"):
+        if dev.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        total += dt
-        order, fixed = sel.order, fixed + need
-        log.info("round %d: %d weights, fixed %d (%.2f%%) at delta_t=%.4g in %.2f s; order %d, %d by fallback",
-                 t, n, need, 100 * share, d, dt, order, int(sel.fallback.sum()))
-    log.info("all ten rounds: %.2f s on %s", total, device)
+        seconds += time.perf_counter() - t0
+        order, fixed, fallback = sel.order, fixed + need, fallback + int(sel.fallback.sum())
+        log.debug("round %d: fixed %d (%.2f%%) at delta_t=%.4g; order %d, %d by fallback",
+                  t, need, 100 * share, d, order, int(sel.fallback.sum()))
+    big = value != 0
+    rel = ((w[big] - value[big]).abs() / w[big].abs()).double().mean() if bool(big.any()) else torch.zeros(())
+    return {"seconds": seconds, "fallback": fallback, "unique_values": int(torch.unique(value).numel()),
+            "entropy_bits": entropy(value), "zero_pct": 100.0 * float((~big).float().mean()),
+            "mean_rel_error": float(rel)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m methods.wf_cluster``: the selections side by side on random or stored weights."""
+    import pandas as pd
+
+    from benchmarks import packing
+    from benchmarks.compressed import decode_layer
+
+    ap = argparse.ArgumentParser(prog="python -m methods.wf_cluster",
+                                 description="The ten fixing rounds of weight fixing without retraining, per "
+                                             "selection: time, fallback, distinct values, entropy, relative error.")
+    ap.add_argument("--packed", help="cluster the weights of this model.packed (e.g. a float run's); "
+                                     "default: --n random N(0, 0.02) weights")
+    ap.add_argument("--n", type=int, default=6_500_000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--delta", type=float, nargs="+", default=[0.01])
+    ap.add_argument("--selection", choices=list(SELECTIONS), nargs="+", default=list(SELECTIONS))
+    a = ap.parse_args(argv)
+    if a.packed:
+        try:
+            cm, _ = packing.read_file(a.packed)
+        except (OSError, packing.PackedFileError) as e:
+            print(f"error: cannot read {a.packed}: {e}", file=sys.stderr)
+            return 2
+        w = torch.cat([decode_layer(layer, cm.codebook).reshape(-1) for layer in cm.layers]).float()
+    else:
+        w = torch.randn(a.n, generator=torch.Generator().manual_seed(0)) * 0.02
+    w = w.to(a.device)
+    rows = [{"delta": d, "selection": s, **fixing_rounds(w, d, s)} for d in a.delta for s in a.selection]
+    print(f"{w.numel()} weights ({a.packed or 'random N(0, 0.02)'}), on {a.device}")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
+    return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ap = argparse.ArgumentParser(description=_time_clustering.__doc__)
-    ap.add_argument("--n", type=int, default=6_500_000)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--delta", type=float, default=0.01)
-    ap.add_argument("--selection", choices=list(SELECTIONS), default="one_at_a_time")
-    a = ap.parse_args()
-    _time_clustering(a.n, a.device, a.delta, a.selection)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sys.exit(main())
