@@ -313,3 +313,13 @@ def test_after_last_round_every_weight_is_a_codebook_value(fixed_run):
         assert torch.allclose(decoded(x), model(x), atol=1e-5)
     acc = evaluate(decoded, data.test)
     assert acc == pytest.approx(hist[-1]["test_acc"]) and acc > 30.0 and acc > float_acc - 15.0  # chance: 10%
+
+
+def test_cluster_cli_compares_the_selections(tmp_path, capsys):
+    assert wc.main(["--n", "3000", "--delta", "0.02"]) == 0
+    table = capsys.readouterr().out
+    assert "one_at_a_time" in table and "by_capacity" in table
+    bad = tmp_path / "model.packed"
+    bad.write_bytes(b"not a packed file")
+    assert wc.main(["--packed", str(bad)]) == 2
+    assert "cannot read" in capsys.readouterr().err
