@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 #: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
 BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
-COLUMNS = ["run_id", "method", "series", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
+COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
            "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total",
            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
            "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
@@ -47,7 +47,8 @@ def collect(out: str | Path) -> pd.DataFrame:
             "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
             "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
             "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
-            "epochs": train.get("epochs"),
+            # the method's own epochs as trained (weight fixing's rounds set their own), else as configured
+            "epochs": budget.get("method_epochs") or train.get("epochs"), "knob": r.get("knob"),
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
@@ -76,17 +77,24 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
 
 
 def series_names(df: pd.DataFrame) -> pd.Series:
-    """Per run, the curve it belongs to: its method, followed by the values of the method's parameters that
-    vary between its runs and are not numbers (e.g. ``self_compression cost=bitops``); numeric parameters
-    (γ, λ, δ) move a point along its curve."""
+    """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
+    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), and by its epochs where they vary
+    (e.g. ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
+    (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
     names = df.method.astype(object).copy()
     for method, part in df.groupby("method"):
         dicts = [json.loads(p) for p in part.params]
-        keys = sorted({k for d in dicts for k in d})
-        split = [k for k in keys if len({json.dumps(d.get(k)) for d in dicts}) > 1
-                 and not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for d in dicts)]
-        if split:
-            names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in split)]) for d in dicts]
+        knobs = set(part.knob.dropna()) if "knob" in part else set()
+        keys = sorted({k for d in dicts for k in d} - knobs)
+        vary = [k for k in keys if len({json.dumps(d.get(k)) for d in dicts}) > 1]
+        if not knobs:
+            vary = [k for k in vary if not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)
+                                                for d in dicts)]
+        epochs = list(part.epochs) if "epochs" in part and part.epochs.nunique() > 1 else None
+        if vary or epochs:
+            names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in vary),
+                                           *([f"epochs={epochs[i]:g}"] if epochs else [])])
+                                 for i, d in enumerate(dicts)]
     return names
 
 

@@ -205,6 +205,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(),
               "train_seconds": method_seconds + float_seconds,
               "budget": budget(spec, method, len(data.train), float_seconds, method_seconds),
+              "knob": method.knob,  # which parameter moves a run along its curve (the reports' series)
               "method_metrics": method.epoch_metrics(model)}
     checkpoint.unlink(missing_ok=True)
     return result

@@ -60,6 +60,9 @@ class Method:
     default_grid: ClassVar[dict[str, dict[str, list[Any]]]] = {}
     #: start from the trained float model of the cache instead of random weights
     needs_float_model: ClassVar[bool] = False
+    #: the parameter that trades size against accuracy (γ, λ, δ): runs that differ only in it lie on one curve
+    #: of the figures and tables, and any other parameter that differs starts a curve of its own
+    knob: ClassVar[str | None] = None
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

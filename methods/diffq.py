@@ -193,6 +193,7 @@ class DiffQ(Method):
                 raise ConfigError(f"diffq.min_size must be >= 0, got {self.min_size}")
 
     # λ ≈ 1.4 × the loss increase the noise may cost, one bit less per ×4 (module doc)
+    knob = "lam"
     default_grid = {
         "smoke": {"lam": [0.01, 1.0]},
         "cpu": {"lam": [0.003, 0.01, 0.03, 0.1, 0.3], "from_float": [True]},  # as self_compression's

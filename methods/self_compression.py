@@ -154,6 +154,7 @@ class SelfCompression(Method):
             if self.cost not in COSTS:
                 raise ConfigError(f"self_compression.cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
 
+    knob = "gamma"
     default_grid = {
         "smoke": {"gamma": [0.003, 0.3]},
         # 8 epochs from scratch lose ~3 points to the short schedule alone: the CPU preset fine-tunes

@@ -102,6 +102,7 @@ class WeightFixing(Method):
             if not 0 <= self.max_order <= 4:
                 raise ConfigError(f"weight_fixing.max_order must lie in [0, 4], got {self.max_order}")
 
+    knob = "delta"
     default_grid = {
         "smoke": {"delta": [0.01, 0.05], "epochs_per_round": [1]},  # plumbing, not the paper's budget
         "cpu": {"delta": [0.005, 0.01, 0.02, 0.04, 0.08]},

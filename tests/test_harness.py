@@ -257,7 +257,7 @@ def test_matched_bits_interpolation_against_a_hand_example():
     assert verdict("a", "b", 2, float("nan"), 1) == "no verdict (1 seed)"
 
 
-def test_non_numeric_parameters_that_vary_split_a_method_into_curves():
+def test_parameters_that_vary_split_a_method_into_curves():
     from benchmarks.report import series_names
 
     params = [{"gamma": g, "cost": c, "from_float": True} for c in ("bits", "bitops") for g in (0.01, 0.1)]
@@ -265,3 +265,10 @@ def test_non_numeric_parameters_that_vary_split_a_method_into_curves():
                        "params": [json.dumps(p) for p in params] + [json.dumps({"lam": v}) for v in (0.1, 1)] + ["{}"]})
     assert list(series_names(df)) == ["self_compression cost=bits"] * 2 + ["self_compression cost=bitops"] * 2 + \
         ["diffq", "diffq", "float"]
+    # with the knob recorded, every other parameter that varies splits, numbers included, and so do epochs
+    params = [{"gamma": 0.1, "eps_bits": 1e-8}, {"gamma": 0.03, "eps_bits": 1e-8}, {"gamma": 0.1, "eps_bits": 1e-3},
+              {"gamma": 0.1, "eps_bits": 1e-8}]
+    df = pd.DataFrame({"method": "self_compression", "knob": "gamma", "epochs": [8, 8, 8, 16],
+                       "params": [json.dumps(p) for p in params]})
+    assert list(series_names(df)) == ["self_compression eps_bits=1e-08 epochs=8"] * 2 + \
+        ["self_compression eps_bits=0.001 epochs=8", "self_compression eps_bits=1e-08 epochs=16"]
