@@ -139,23 +139,24 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
     if not curves:
         return False
     moved = any("mean_abs_dw" in h.columns for _, h in curves)  # recorded by runs since 2026-11-24
-    fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 4), layout="constrained")
+    fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 5), layout="constrained")
     for i, (label, h) in enumerate(curves):
         last = h.groupby("round").tail(1)  # the end of each round's retraining
         style = dict(color=f"C{i % 10}", marker="o", ms=3, label=label)
         axes[0].plot(100 * last.share_fixed, last.unique_fixed, **style)
         axes[1].plot(100 * last.share_fixed, last.test_acc, **style)
         if "mean_abs_dw" in last.columns:
-            axes[2].plot(100 * last.share_fixed, last.mean_abs_dw / last.mean_abs_w_unfixed, **style)
+            moving = last[last.mean_abs_w_unfixed > 0]  # the last round leaves nothing unfixed to move
+            axes[2].plot(100 * moving.share_fixed, 100 * moving.mean_abs_dw / moving.mean_abs_w_unfixed, **style)
     axes[0].set_ylabel("unique values among fixed weights")
     axes[1].set_ylabel("test accuracy (%)")
     if moved:
-        axes[2].set_ylabel("mean |Δw| in the round / mean |w|, unfixed weights")
-        _log_axis(axes[2].yaxis)
+        axes[2].set_ylabel("mean |Δw| in the round / mean |w| (%), unfixed weights")
     for a in axes:
         a.set_xlabel("weights fixed (%)")
         a.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=7, ncols=2)
     _save(fig, folder, "weight_fixing_rounds")
     return True
 
