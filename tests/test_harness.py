@@ -272,3 +272,10 @@ def test_parameters_that_vary_split_a_method_into_curves():
                        "params": [json.dumps(p) for p in params]})
     assert list(series_names(df)) == ["self_compression eps_bits=1e-08 epochs=8"] * 2 + \
         ["self_compression eps_bits=0.001 epochs=8", "self_compression eps_bits=1e-08 epochs=16"]
+
+
+def test_recipe_script_names_an_unknown_experiment_and_exits_2():
+    script = Path(__file__).resolve().parents[1] / "experiments" / "sc_recipe.sh"
+    done = subprocess.run(["bash", str(script), "no-such-experiment"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown experiment no-such-experiment" in done.stderr
+    assert "baseline" in done.stderr and "scratch" in done.stderr  # the known ones are listed
