@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.report import series_names, summary, write_tables  # noqa: E402
+from benchmarks.report import own_epochs, series_names, summary, write_tables  # noqa: E402
 from benchmarks.rundir import read_history, read_result, replacing  # noqa: E402
 
 
@@ -110,16 +110,15 @@ def _runs(out: Path, method: str) -> list[dict]:
 
 
 def _labels(results: list[dict], knob: str) -> list[str]:
-    """A legend label per run: its ``knob`` (γ, δ), every other parameter that varies between the runs,
-    the epochs where they vary, and the seed."""
-    params = [r["spec"]["params"] for r in results]
-    keys = sorted({k for p in params for k in p} - {knob})
-    vary = [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
-    epochs = [r["spec"]["train"]["epochs"] for r in results]
+    """A legend label per run of one method: its ``knob`` (γ, δ), its curve as the tables name it
+    (``report.series_names``: the other parameters and epochs that vary), and the seed."""
+    runs = pd.DataFrame({"method": [r["spec"]["method"] for r in results],
+                         "params": [json.dumps(r["spec"]["params"], sort_keys=True) for r in results],
+                         "knob": knob, "epochs": [own_epochs(r) for r in results]})
+    curves = [c.removeprefix(m).strip() for c, m in zip(series_names(runs), runs.method)] if results else []
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
-    return [" ".join([f"{symbol}={p.get(knob)}", *(f"{k}={p.get(k)}" for k in vary),
-                      *([f"{e} ep"] if len(set(epochs)) > 1 else []), f"s{r['spec'].get('seed')}"])
-            for p, e, r in zip(params, epochs, results)]
+    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", c, f"s{r['spec'].get('seed')}"]))
+            for r, c in zip(results, curves)]
 
 
 def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:

@@ -47,8 +47,7 @@ def collect(out: str | Path) -> pd.DataFrame:
             "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
             "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
             "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
-            # the method's own epochs as trained (weight fixing's rounds set their own), else as configured
-            "epochs": budget.get("method_epochs") or train.get("epochs"), "knob": r.get("knob"),
+            "epochs": own_epochs(r), "knob": r.get("knob"),
             "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
@@ -64,6 +63,13 @@ def collect(out: str | Path) -> pd.DataFrame:
         df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
     return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits", *SPEED_KEYS,
                                          *BUDGET_KEYS, "control_accuracy", "vs_control")})
+
+
+def own_epochs(result: dict) -> int | None:
+    """A run's own epochs as trained (its ``budget``: weight fixing's rounds set theirs), else as configured."""
+    budget = result.get("budget") if isinstance(result.get("budget"), dict) else {}
+    train = (result.get("spec") or {}).get("train")
+    return budget.get("method_epochs") or (train.get("epochs") if isinstance(train, dict) else None)
 
 
 def control_accuracy(df: pd.DataFrame) -> pd.Series:

@@ -182,9 +182,8 @@ class WeightFixing(Method):
         need = target - int(self.fixed.sum())
         flat = self._flat(params).detach()
         free = torch.nonzero(~self.fixed).squeeze(1)
-        one_at_a_time = self.config.selection == "one_at_a_time"  # the authors restart at order 0 every round
-        sel = wf_cluster.SELECTIONS[self.config.selection](flat[free], need, self.delta_t, 0 if one_at_a_time
-                                                           else self.order, self.config.max_order, self.k_max)
+        sel = wf_cluster.select(self.config.selection, flat[free], need, self.delta_t, self.order,
+                                self.config.max_order, self.k_max)
         idx = free[sel.index]
         self.fixed[idx] = True
         self.value[idx] = sel.value

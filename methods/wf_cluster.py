@@ -184,7 +184,7 @@ def select_by_capacity(w: torch.Tensor, need: int, delta: float, order: int, max
             if order < max_order:
                 order += 1
                 continue
-            fixed, vals = _fallback(w, pos, need, c)  # closest first, threshold ignored
+            fixed, vals = _fallback(pos, j, rel, need, c)  # closest first, threshold ignored
             idx_parts.append(fixed)
             val_parts.append(vals)
             fb_parts.append(torch.ones(need, dtype=torch.bool, device=dev))
@@ -208,10 +208,11 @@ def select_by_capacity(w: torch.Tensor, need: int, delta: float, order: int, max
     return Selection(torch.cat(idx_parts), torch.cat(val_parts), torch.cat(fb_parts), order)
 
 
-def _fallback(w: torch.Tensor, pos: torch.Tensor, need: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``need`` weights ``w[pos]`` closest to their nearest centre, and those centres: past
-    ``max_order`` the round's share is met whatever the distance."""
-    j, rel = nearest(w[pos], c)
+def _fallback(pos: torch.Tensor, j: torch.Tensor, rel: torch.Tensor, need: int,
+              c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of the weights at ``pos`` (with ``nearest``'s centre ``j`` and distance ``rel``), the ``need`` closest
+    to their nearest centre, and those centres: past ``max_order`` the round's share is met whatever the
+    distance."""
     take = torch.argsort(rel, stable=True)[:need]
     return pos[take], c[j[take]]
 
@@ -266,7 +267,8 @@ def select_one_at_a_time(w: torch.Tensor, need: int, delta: float, order: int, m
                 j, _ = nearest(ws, c)
                 counts = torch.bincount(j[free], minlength=len(c))
                 continue
-            pos, vals = _fallback(ws, torch.nonzero(free).squeeze(1), need, c)
+            left = torch.nonzero(free).squeeze(1)
+            pos, vals = _fallback(left, *nearest(ws[left], c), need, c)
             idx_parts.append(perm[pos])
             val_parts.append(vals)
             fb_parts.append(torch.ones(need, dtype=torch.bool, device=dev))
@@ -308,6 +310,14 @@ def _run_of(ws: torch.Tensor, eligible: torch.Tensor, v: float, delta: float, ne
 
 #: the selections a round can use, by their ``weight_fixing.selection`` name
 SELECTIONS = {"one_at_a_time": select_one_at_a_time, "by_capacity": select_by_capacity}
+
+
+def select(selection: str, w: torch.Tensor, need: int, delta: float, order: int, max_order: int,
+           k_max: int = 0) -> Selection:
+    """One round of ``selection``, given the order the previous round ended at: the authors' greedy starts
+    every round again at order 0, the first version goes on from ``order``."""
+    start = 0 if selection == "one_at_a_time" else order
+    return SELECTIONS[selection](w, need, delta, start, max_order, k_max)
 
 
 # --- regulariser ---------------------------------------------------------------------------------------
@@ -378,7 +388,7 @@ def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        sel = SELECTIONS[selection](w[unfixed], need, d, 0 if selection == "one_at_a_time" else order, max_order)
+        sel = select(selection, w[unfixed], need, d, order, max_order)
         value[unfixed[sel.index]] = sel.value
         keep = torch.ones(len(unfixed), dtype=torch.bool, device=dev)
         keep[sel.index] = False
