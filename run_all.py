@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: paper on a GPU, cpu otherwise)")
     p.add_argument("--methods", help="comma-separated method names (default: every registered method)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's: 0,1,2 for cpu and paper, 0 for "
+                   "smoke)")
     p.add_argument("--epochs", type=int, help="override every compression method's epochs")
     p.add_argument("--grid", action="append", default=[], metavar="METHOD.PARAM=V1,V2",
                    help="override one parameter's grid values (repeatable)")
@@ -89,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dataset:
         preset = replace(preset, dataset=args.dataset)
     methods = args.methods.split(",") if args.methods else available_methods()
-    seeds = [_int(s, "--seeds") for s in args.seeds.split(",")]
+    seeds = [_int(s, "--seeds") for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.jobs < 1:

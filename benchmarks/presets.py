@@ -14,13 +14,15 @@ class Preset:
     model: ModelSpec
     float_train: TrainConfig  # the float baseline, also the starting point of methods that need one
     method_train: TrainConfig  # every compression method's own schedule
+    # seeds run per grid point unless --seeds says otherwise: a comparison claim needs a mean over >= 3
+    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 PRESETS = {
     # synthetic data, tiny net: every method end to end in well under two minutes on 2 cores (CI runs it)
     "smoke": Preset("smoke", "synthetic", ModelSpec("tinycnn", 1.0),
                     TrainConfig(epochs=3, batch_size=128, lr=0.1),
-                    TrainConfig(epochs=3, batch_size=128, lr=0.1)),
+                    TrainConfig(epochs=3, batch_size=128, lr=0.1), seeds=(0,)),
     # real CIFAR-10, ResNet-9 at quarter width (0.41 M weights): ~40 s an epoch on 2 cores
     "cpu": Preset("cpu", "cifar10", ModelSpec("resnet9", 0.25),
                   TrainConfig(epochs=14), TrainConfig(epochs=8)),

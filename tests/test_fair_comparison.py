@@ -1,11 +1,13 @@
 """Equal-budget controls, budgets in results.csv, and several seeds per point."""
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
 import run_all
 from benchmarks.data import make_synthetic
 from benchmarks.grid import bind_data, expand, parse_grid_overrides
-from benchmarks.presets import get_preset
+from benchmarks.presets import PRESETS, get_preset
 from benchmarks.runner import budget
 from methods import ConfigError, get_method
 
@@ -43,8 +45,11 @@ def test_float_control_refuses_a_non_method():
         get_method("float_control").from_params(like="nope")
 
 
-def test_three_seed_smoke_grid_gives_mean_std_rows_against_the_control(tmp_path):
-    code = run_all.main(["--preset", "smoke", "--out", str(tmp_path), "-q", "--seeds", "0,1,2",
+def test_three_seed_smoke_grid_gives_mean_std_rows_against_the_control(tmp_path, monkeypatch):
+    # no --seeds: the preset's own seeds apply (cpu and paper run three; smoke one, patched to three here)
+    assert get_preset("cpu").seeds == get_preset("paper").seeds == (0, 1, 2)
+    monkeypatch.setitem(PRESETS, "smoke", replace(get_preset("smoke"), seeds=(0, 1, 2)))
+    code = run_all.main(["--preset", "smoke", "--out", str(tmp_path), "-q",
                          "--methods", "float,self_compression,float_control", "--grid", "self_compression.gamma=0.3",
                          "--grid", "float_control.like=self_compression"])
     assert code == 0
