@@ -180,13 +180,16 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                if part.collapsed_layers.str.len().any() else {}),
         })
         lines += [table.to_markdown(index=False), ""]
-    near = near_float(s)
+    near = pd.concat([near_float(s, points) for points in (1.0, 0.5)], ignore_index=True)
     if not near.empty:
-        lines += ["## Smallest size within 1 point of float (equal-budget control where there is one)", "",
+        near["seeds"] = near.seeds.astype("Int64")
+    if not near.empty:
+        lines += ["## Smallest size within 1 and 0.5 points of float (equal-budget control where there is one)", "",
                   "Per method and net, the fewest bits and the fewest weights remaining among grid points whose "
-                  "mean accuracy is at least the reference's minus 1 point: the equal-budget float control (the "
-                  "float network trained with the method's own schedule) where the grid has one, else the "
-                  "float model.", "",
+                  "mean accuracy is at least the reference's minus 1 (or 0.5) points: the equal-budget float "
+                  "control (the float network trained with the method's own schedule) where the grid has one, "
+                  "else the float model. Sizes and accuracies are means over the point's seeds, with the "
+                  "accuracy's std over them.", "",
                   near.to_markdown(index=False, floatfmt=".2f"), ""]
     pairs = paired(df)
     if not pairs.empty:
@@ -224,11 +227,14 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
             ref = float(ref_each.mean())
             rows.append({"method": method, "model": model, "float accuracy %": plain,
                          "reference": "equal-budget control" if controlled else "float model",
-                         "reference accuracy %": ref,
+                         "reference accuracy %": ref, "within (points)": points,
                          "fewest bits %": None if bits is None else bits.bits_remaining_pct_mean,
                          "accuracy there %": None if bits is None else bits.accuracy_mean,
+                         "accuracy there std": None if bits is None else bits.get("accuracy_std"),
+                         "seeds": None if bits is None else bits.get("seeds"),
                          "fewest weights %": None if weights is None else weights.weights_remaining_pct_mean,
-                         "accuracy at fewest weights %": None if weights is None else weights.accuracy_mean})
+                         "accuracy at fewest weights %": None if weights is None else weights.accuracy_mean,
+                         "accuracy at fewest weights std": None if weights is None else weights.get("accuracy_std")})
     return pd.DataFrame(rows)
 
 

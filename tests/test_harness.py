@@ -232,6 +232,9 @@ def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
     # c against its equal-budget control (91): 89.4% is out although within a point of float
     assert (r.loc["c", "fewest bits %"], r.loc["c", "reference"]) == (10.0, "equal-budget control")
     assert "float_control" not in r.index
+    # within half a point: m's 89.5% point (10% bits) is the only one left
+    half = near_float(s, 0.5).set_index("method")
+    assert (half.loc["m", "fewest bits %"], half.loc["m", "within (points)"]) == (10.0, 0.5)
 
 
 def test_matched_bits_interpolation_against_a_hand_example():
