@@ -7,7 +7,7 @@
     python run_all.py --describe self_compression   # its parameters, defaults and default grids
 
 Finished runs in the output folder are reused (the log says how many); --rerun trains them again, and
-`python -m benchmarks.compare REF OUT` compares a reproduction with stored reference results.
+`python -m benchmarks.report.compare REF OUT` compares a reproduction with stored reference results.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from benchmarks import executors
 from benchmarks.data import DataError, load_dataset
-from benchmarks.figures import build_all
-from benchmarks.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
-from benchmarks.presets import PRESETS, get_preset
-from benchmarks.rundir import read_result
-from benchmarks.runner import forget
+from benchmarks.harness import executors
+from benchmarks.harness.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
+from benchmarks.harness.presets import PRESETS, get_preset
+from benchmarks.harness.rundir import read_result
+from benchmarks.harness.runner import forget
+from benchmarks.report.figures import build_all
 from benchmarks.train import float_cache_path, pick_device, resolve_precision
 from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
              data.fingerprint, precision, len(specs), out)
     if done:
         log.info("%d of %d runs already have results in %s and are reused, not retrained (pass --rerun to train "
-                 "them again, or --out a fresh folder and compare with `python -m benchmarks.compare %s NEW`)",
+                 "them again, or --out a fresh folder and compare with `python -m benchmarks.report.compare %s NEW`)",
                  done, len(specs), out, out)
     if cluster is None:
         results = run_all(specs, str(out), args.data_dir, args.device, args.jobs, data if args.jobs <= 1 else None)

@@ -19,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
+from benchmarks.harness.rundir import RunFileError, read_history, replacing
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.rundir import RunFileError, read_history, replacing
 from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
 

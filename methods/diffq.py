@@ -20,7 +20,7 @@ step on the tensor's range:
 The loss adds ``lam · S / N``: ``S`` the differentiable size in bits, ``N`` the float model's compressible
 weights, so the penalty is in bits per original weight (like self-compression's Q) and ``lam`` is roughly
 the task-loss increase the method will trade for one bit per weight. ``S`` counts the same items as the
-accounting (``benchmarks.size``), per quantized tensor:
+accounting (``benchmarks.accounting.size``), per quantized tensor:
 
 - Σ over groups of (weights in the group) × b;
 - the tensor's range, 2 × 32 bits;

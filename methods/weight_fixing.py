@@ -43,9 +43,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from benchmarks.accounting.size import entropy
 from benchmarks.compressed import CompressedModel, LayerCode, export_layers, full_shapes
 from benchmarks.models import ModelSpec, topology
-from benchmarks.size import entropy
 from benchmarks.topology import weight_of
 from methods import wf_cluster
 from methods.base import ConfigError, Method, Phase

@@ -376,7 +376,7 @@ def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int 
     """The ten fixing rounds of ``weight_fixing`` on the flat weights ``w`` without retraining: what the
     selection alone does (time, fallback, distinct values, entropy, mean relative error of the fixed values)."""
     from methods.weight_fixing import SHARES
-    from benchmarks.size import entropy
+    from benchmarks.accounting.size import entropy
 
     n, dev = w.numel(), w.device
     unfixed = torch.arange(n, device=dev)
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m methods.wf_cluster``: the selections side by side on random or stored weights."""
     import pandas as pd
 
-    from benchmarks import packing
+    from benchmarks.accounting import packing
     from benchmarks.compressed import decode_layer
 
     ap = argparse.ArgumentParser(prog="python -m methods.wf_cluster",

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import packing
-from benchmarks.bitstream import pack_bits, unpack_bits
+from benchmarks.accounting import packing
+from benchmarks.accounting.bitstream import pack_bits, unpack_bits
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import CompressedModel, LayerCode, export_float, to_module
-from benchmarks.size import size_report
 from conftest import randomize_bn
 
 

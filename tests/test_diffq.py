@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from benchmarks import packing
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import entry_width, size_report
 from benchmarks.compressed import decode_layer, to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.size import entry_width, size_report
 from benchmarks.topology import weight_of
 from benchmarks.train import TrainConfig, train
 from conftest import randomize_bn

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import run_all
-from benchmarks import executors
+from benchmarks.harness import executors
 
 # float, a run from scratch and a run fine-tuning the float model: both waves of a cluster grid
 GRID = ["--preset", "smoke", "--methods", "float,self_compression,weight_fixing", "--grid",

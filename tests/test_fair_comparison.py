@@ -6,9 +6,9 @@ import pytest
 
 import run_all
 from benchmarks.data import make_synthetic
-from benchmarks.grid import bind_data, expand, parse_grid_overrides
-from benchmarks.presets import PRESETS, get_preset
-from benchmarks.runner import budget
+from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
+from benchmarks.harness.presets import PRESETS, get_preset
+from benchmarks.harness.runner import budget
 from methods import ConfigError, get_method
 
 

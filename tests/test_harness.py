@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import run_all
-from benchmarks import figures, inspect
-from benchmarks.grid import bind_data, expand, parse_grid_overrides
-from benchmarks.presets import get_preset
+from benchmarks.accounting import inspect
+from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
+from benchmarks.harness.presets import get_preset
+from benchmarks.report import figures
 
 from methods import ConfigError, Method, register
 
@@ -41,7 +42,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert (shown["bits"], shown["coded_bits"]) == (recorded["bits"], recorded["coded_bits"])
     assert inspect.main([str(run / "config.json")]) == 2 and "not a scnn-bench packed model" in capsys.readouterr().err
     # a second invocation retrains nothing
-    monkeypatch.setattr("benchmarks.runner._train_and_measure", lambda *a: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr("benchmarks.harness.runner._train_and_measure", lambda *a: pytest.fail("retrained a finished run"))
     assert smoke(tmp_path, "--grid", "self_compression.gamma=0.003,0.3") == 0
     # figures rebuild from stored results alone
     (tmp_path / "tables.md").unlink()
@@ -134,7 +135,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid
     run ends: the same history and the same compressed model."""
     from benchmarks import train as train_mod
     from benchmarks.data import make_synthetic
-    from benchmarks.runner import execute
+    from benchmarks.harness.runner import execute
 
     data = make_synthetic()
     spec = bind_data(expand(get_preset("smoke"), [grid.split(".")[0]], [0], parse_grid_overrides([grid])), data)[0]
@@ -215,7 +216,7 @@ def test_parallel_jobs(tmp_path):
 
 
 def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
-    from benchmarks.report import near_float
+    from benchmarks.report.tables import near_float
 
     n = 7
     s = pd.DataFrame({"method": ["float", "m", "m", "m", "c", "c", "float_control"], "model": ["n"] * n,
@@ -240,7 +241,7 @@ def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
 def test_matched_bits_interpolation_against_a_hand_example():
     """a at bits 2, 4, 8 (acc 80, 84, 88), b at 4, 16 (82, 90): in the shared range [4, 8], b at 8 bits is
     halfway in log2 between 4 and 16, so 86; a − b = 2 at both matched sizes."""
-    from benchmarks.paired import paired, verdict
+    from benchmarks.report.paired import paired, verdict
 
     rows = []
     for seed, shift in ((0, 0.0), (1, 0.5), (2, -0.5)):
@@ -261,7 +262,7 @@ def test_matched_bits_interpolation_against_a_hand_example():
 
 
 def test_parameters_that_vary_split_a_method_into_curves():
-    from benchmarks.report import series_names
+    from benchmarks.report.tables import series_names
 
     params = [{"gamma": g, "cost": c, "from_float": True} for c in ("bits", "bitops") for g in (0.01, 0.1)]
     df = pd.DataFrame({"method": ["self_compression"] * 4 + ["diffq"] * 2 + ["float"],

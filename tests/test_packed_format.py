@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import entropy_coding, packing
+from benchmarks.accounting import entropy_coding, packing
 from benchmarks.compressed import (CompressedModel, LayerCode, decode_layer, dead_outputs, export_float,
                                    remaining_mask, to_module)
+from benchmarks.accounting.size import entropy, size_report
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.report import collect
-from benchmarks.size import entropy, size_report
+from benchmarks.report.tables import collect
 from conftest import CODEBOOK, randomize_bn, scheme_model
 
 SCHEMES = ["channel", "channel_scales", "group", "codebook", "float", "mixed"]
@@ -189,7 +189,7 @@ def test_without_constriction_fixed_length_is_written_and_coded_files_name_the_e
     cm = scheme_model("codebook", export("tinycnn"))
     coded = packing.to_bytes(cm, "ans")
     monkeypatch.setattr(entropy_coding, "constriction", None)
-    with caplog.at_level(logging.WARNING, logger="benchmarks.packing"):
+    with caplog.at_level(logging.WARNING, logger="benchmarks.accounting.packing"):
         data = packing.to_bytes(cm)
     assert "scnn-bench[coded]" in caplog.text
     _, layout = packing.read(data)
@@ -329,11 +329,11 @@ def test_a_reader_written_from_the_readme_alone_agrees(case):
 
 @pytest.mark.skipif(not STORED, reason="no stored runs in results/")
 def test_repack_rewrites_a_copy_of_stored_v1_runs_as_v2(tmp_path, capsys):
-    """``benchmarks.repack --into`` measures stored v1 runs in the current format without retraining: the
+    """``benchmarks.accounting.repack --into`` measures stored v1 runs in the current format without retraining: the
     same network, the same fixed-length bits, now with coded bits; the original folder is left as it was."""
     import shutil
 
-    from benchmarks import repack
+    from benchmarks.accounting import repack
 
     src = Path(min(STORED, key=lambda f: Path(f).stat().st_size)).parent  # the smallest stored run
     ref = tmp_path / "ref" / "runs" / src.name

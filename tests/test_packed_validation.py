@@ -15,10 +15,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks import inspect, packing
+from benchmarks.accounting import inspect, packing
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import CompressedModel, export_float, to_module
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.size import size_report
 from conftest import scheme_model
 
 PRELUDE = struct.Struct("<8sHI")
@@ -127,7 +127,7 @@ def test_inspect_refuses_a_crafted_file_in_one_line(tmp_path):
     f = tmp_path / "crafted.packed"
     f.write_bytes(edit_header(packing.to_bytes(base_model(), "fixed"), set_in(["layers", 2, "shape"], [10, 30_000_000])))
     limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30)); "
-    run = subprocess.run([sys.executable, "-c", limit + "import sys; from benchmarks.inspect import main; "
+    run = subprocess.run([sys.executable, "-c", limit + "import sys; from benchmarks.accounting.inspect import main; "
                           "sys.exit(main(sys.argv[1:]))", str(f)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1
     assert run.stderr == f"error: {f}: header: layer fc: 30000000 inputs, its input space gives 256\n"

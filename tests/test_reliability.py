@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import run_all
-from benchmarks import compare, figures
 from benchmarks.data import make_synthetic
-from benchmarks.grid import bind_data, expand, parse_grid_overrides
-from benchmarks.presets import get_preset
-from benchmarks.runner import execute
+from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
+from benchmarks.harness.presets import get_preset
+from benchmarks.harness.runner import execute
+from benchmarks.report import compare, figures
 from benchmarks.train import float_cache_path
 from test_data import write_fake_cifar
 
@@ -276,7 +276,7 @@ def test_tables_sort_numerically(tmp_path):
                 "packed_bytes": 1}
         (folder / "result.json").write_text(json.dumps({"status": "ok", "run_id": f"r{i}", "spec": spec,
                                                         "accuracy": 50.0, "size": size}))
-    from benchmarks.report import write_tables
+    from benchmarks.report.tables import write_tables
 
     write_tables(tmp_path)
     rows = [line for line in (tmp_path / "tables.md").read_text().splitlines() if line.startswith("| k=")]

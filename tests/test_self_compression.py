@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from benchmarks import packing
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.size import size_report
 from benchmarks.topology import dead_space_channels, prune_
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
@@ -195,7 +195,7 @@ def test_layer_that_loses_every_channel_is_recorded_and_still_decodes_exactly():
 def test_tables_mark_collapsed_layers(tmp_path):
     import json
 
-    from benchmarks.report import write_tables
+    from benchmarks.report.tables import write_tables
 
     for i, collapsed in enumerate([["conv2.0"], []]):
         folder = tmp_path / "runs" / f"r{i}"

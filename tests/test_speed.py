@@ -1,11 +1,12 @@
-"""benchmarks.speed: one row per finished run, positive timings, MACs equal to a direct count."""
+"""benchmarks.timing.speed: one row per finished run, positive timings, MACs equal to a direct count."""
 import pandas as pd
 import torch
 
 import run_all
-from benchmarks import packing, speed
+from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.models import ModelSpec, build_model, topology
+from benchmarks.timing import speed
 from benchmarks.topology import prune_
 
 

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from benchmarks import step_speed
+from benchmarks.timing import step_speed
 
 
 def test_step_speed_writes_one_row_per_method_against_float(tmp_path):
@@ -31,9 +31,9 @@ def test_every_epoch_records_its_step_time_against_a_float_step(tmp_path):
     import torch
 
     from benchmarks.data import make_synthetic
-    from benchmarks.grid import bind_data, expand
-    from benchmarks.presets import get_preset
-    from benchmarks.runner import execute
+    from benchmarks.harness.grid import bind_data, expand
+    from benchmarks.harness.presets import get_preset
+    from benchmarks.harness.runner import execute
     from benchmarks.models import ModelSpec
     from benchmarks.train import TrainConfig
 

@@ -113,8 +113,8 @@ def test_resume_keeps_a_checkpoint_whose_history_has_a_torn_line_after_its_epoch
 
 
 def test_precision_reaches_every_schedule_and_the_run_id():
-    from benchmarks.grid import expand
-    from benchmarks.presets import get_preset
+    from benchmarks.harness.grid import expand
+    from benchmarks.harness.presets import get_preset
     fp32, bf16 = (expand(get_preset("smoke"), ["self_compression"], [0], {}, precision=p) for p in ("fp32", "bf16"))
     assert all(s.train.precision == s.float_train.precision == "bf16" for s in bf16)
     assert all(s.train.precision == "fp32" for s in fp32)

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import packing
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.size import size_report
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
 from methods import ConfigError, Method, get_method

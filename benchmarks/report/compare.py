@@ -1,4 +1,4 @@
-"""``python -m benchmarks.compare REFERENCE REPRODUCTION``: a reproduction against stored reference results,
+"""``python -m benchmarks.report.compare REFERENCE REPRODUCTION``: a reproduction against stored reference results,
 run by run.
 
 Runs are matched by run id, which hashes everything that changes a result (method config, seed, net,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import collect, varying_params
+from benchmarks.report.tables import collect, varying_params
 
 FIELDS = ["accuracy", "bits_remaining_pct", "weights_remaining_pct"]
 
@@ -39,7 +39,7 @@ def compare(reference: str | Path, reproduction: str | Path) -> tuple[pd.DataFra
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report.compare", description=__doc__.splitlines()[0])
     p.add_argument("reference", type=Path, help="results folder with the stored reference runs (e.g. results/cpu)")
     p.add_argument("reproduction", type=Path, help="results folder of the reproduction (e.g. repro/cpu)")
     p.add_argument("--csv", type=Path, help="also write the comparison to this CSV file")

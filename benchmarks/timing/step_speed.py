@@ -1,4 +1,4 @@
-"""``python -m benchmarks.step_speed OUT``: what one training step of each method costs against float
+"""``python -m benchmarks.timing.step_speed OUT``: what one training step of each method costs against float
 training of the same net, measured side by side in one process.
 
 A method's hooks (quantizers in the forward pass, size terms, the surgery check after each step) are
@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.harness.presets import PRESETS, get_preset
+from benchmarks.harness.rundir import replacing
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.presets import PRESETS, get_preset
-from benchmarks.rundir import replacing
 from benchmarks.train import (TrainConfig, build_optimizers, pick_device, resolve_precision, seed_everything,
                               train_step)
 from methods import available_methods, get_method
@@ -102,7 +102,7 @@ def measure(methods: list[str], preset: str, precision: str, device: torch.devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step_speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.step_speed", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="folder to write step_speed.csv into (e.g. results/cpu)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="net and batch size (default: cpu)")
     p.add_argument("--methods", help="comma-separated methods (default: every registered one)")

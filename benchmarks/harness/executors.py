@@ -1,6 +1,6 @@
 """Running a grid on a cluster engine (Ray, or SLURM through submitit) into the same run folders.
 
-The engine only schedules: every run is ``benchmarks.runner.execute`` on a worker, so a run folder is the
+The engine only schedules: every run is ``benchmarks.harness.runner.execute`` on a worker, so a run folder is the
 same whichever executor wrote it, finished runs are skipped, and tables are rebuilt from the folders as for
 local runs. The float models that fine-tuning runs start from are trained first, as a wave of their own.
 Workers read and write ``--out`` directly, so it must be one folder that every worker sees: the driver writes
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import rundir
 from benchmarks.data import resolve_root
-from benchmarks.grid import float_warmups
-from benchmarks.runner import RunSpec, execute
+from benchmarks.harness import rundir
+from benchmarks.harness.grid import float_warmups
+from benchmarks.harness.runner import RunSpec, execute
 from methods import ConfigError
 
 log = logging.getLogger(__name__)

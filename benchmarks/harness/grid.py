@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import torch
 
 from benchmarks.data import Dataset
-from benchmarks.presets import Preset
-from benchmarks.runner import RunSpec, execute, record_failure
+from benchmarks.harness.presets import Preset
+from benchmarks.harness.runner import RunSpec, execute, record_failure
 from methods import ConfigError, get_method
 from methods.base import make_config
 

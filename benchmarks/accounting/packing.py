@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import entropy_coding
-from benchmarks.bitstream import BitReader, PackedFileError, pack_bits
+from benchmarks.accounting import entropy_coding
+from benchmarks.accounting.bitstream import BitReader, PackedFileError, pack_bits
 from benchmarks.compressed import (CompressedModel, LayerCode, bits_per_weight, decode_layer, dead_outputs,
                                    group_bits_per_weight, remaining_mask)
-from benchmarks.packed_header import FORMAT, MAX_DEPTH, check_header
-from benchmarks.rundir import replacing
-from benchmarks.size import entry_width
+from benchmarks.accounting.packed_header import FORMAT, MAX_DEPTH, check_header
+from benchmarks.accounting.size import entry_width
+from benchmarks.harness.rundir import replacing
 
 __all__ = ["PackedFileError", "FileLayout", "StoredLayer", "to_bytes", "save", "read", "read_file", "from_bytes",
            "load"]

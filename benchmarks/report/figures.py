@@ -1,4 +1,4 @@
-"""Figures and tables from stored results alone: ``python -m benchmarks.figures --out results/cpu``.
+"""Figures and tables from stored results alone: ``python -m benchmarks.report.figures --out results/cpu``.
 
 No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``.
 """
@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.report import own_epochs, series_names, summary, write_tables  # noqa: E402
-from benchmarks.rundir import read_history, read_result, replacing  # noqa: E402
+from benchmarks.harness.rundir import read_history, read_result, replacing  # noqa: E402
+from benchmarks.report.tables import own_epochs, series_names, summary, write_tables  # noqa: E402
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -79,7 +79,7 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
 
 
 def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
-    """Accuracy against measured inference speed-up (``benchmarks.speed``): what compression buys at run time."""
+    """Accuracy against measured inference speed-up (``benchmarks.timing.speed``): what compression buys at run time."""
     s = s[s.infer_speedup_mean.notna()]
     if s.empty:
         return False

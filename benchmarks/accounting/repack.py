@@ -1,4 +1,4 @@
-"""``python -m benchmarks.repack OUT [--into COPY]``: rewrite the stored runs' ``model.packed`` in the current
+"""``python -m benchmarks.accounting.repack OUT [--into COPY]``: rewrite the stored runs' ``model.packed`` in the current
 packed format and refresh the size in their ``result.json`` from the rewritten file.
 
 Runs written before format v2 have only fixed-length sizes. Their models need no retraining to be measured
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import packing
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
-from benchmarks.figures import build_all
-from benchmarks.rundir import finished, replacing, run_lock, write_json
-from benchmarks.size import size_report
+from benchmarks.harness.rundir import finished, replacing, run_lock, write_json
+from benchmarks.report.figures import build_all
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def repack(folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.repack", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.repack", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--into", type=Path, help="copy the finished runs there first and rewrite the copy instead")
     args = p.parse_args(argv)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.bitstream import BitReader, PackedFileError
+from benchmarks.accounting.bitstream import BitReader, PackedFileError
 
 try:
     import constriction

@@ -35,7 +35,7 @@ from tabulate import tabulate
 from benchmarks.compressed import CompressedModel, LayerCode, bits_per_weight, dead_outputs, decode_layer, remaining_mask
 
 if TYPE_CHECKING:
-    from benchmarks.packing import FileLayout
+    from benchmarks.accounting.packing import FileLayout
 
 
 def entry_width(values: torch.Tensor | None) -> int:

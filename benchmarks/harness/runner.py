@@ -3,7 +3,7 @@
 
 Each folder holds ``config.json``, ``history.jsonl`` (one line per epoch), ``model.packed`` and
 ``result.json``, each written atomically. A finished run is never redone; a failed one is recorded with its
-reason and the grid goes on; a folder whose files do not check out (``benchmarks.rundir``) is redone. Whoever
+reason and the grid goes on; a folder whose files do not check out (``benchmarks.harness.rundir``) is redone. Whoever
 trains a run holds its lock, so grids sharing an output folder never train one run twice. ``execute`` is
 the seam for other executors: it needs only a ``RunSpec`` and an output folder, so Ray or SLURM can run the
 same specs and the reports read the same folders.
@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from filelock import Timeout
 
-from benchmarks import packing
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, Dataset, load_dataset
+from benchmarks.harness.rundir import finished, run_lock, write_json
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.rundir import finished, run_lock, write_json
-from benchmarks.size import size_report
-from benchmarks.step_speed import float_step_seconds
+from benchmarks.timing.step_speed import float_step_seconds
 from benchmarks.train import (StaleCheckpoint, TrainConfig, evaluate, float_model, pick_device, resume_history,
                               seed_everything, steps_per_epoch, train)
 from methods import get_method

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.paired import paired
-from benchmarks.rundir import read_result, replacing
+from benchmarks.harness.rundir import read_result, replacing
+from benchmarks.report.paired import paired
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dat
            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
            "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
            "schedule", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
-SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.speed), CPU rows
+SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
 SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
              "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
              "value_entropy_per_weight_nonzero", "packed_bytes")
@@ -115,7 +115,7 @@ def read_speed(out: str | Path) -> pd.DataFrame:
         device = "cpu" if (speed.device == "cpu").any() else speed.device.iloc[0]
         return speed[speed.device == device][["run_id", *SPEED_KEYS]].drop_duplicates("run_id")
     except (OSError, ValueError, KeyError, AttributeError, IndexError) as e:
-        log.warning("%s does not parse (%s); measured speed left out, rerun python -m benchmarks.speed", f, e)
+        log.warning("%s does not parse (%s); measured speed left out, rerun python -m benchmarks.timing.speed", f, e)
         return pd.DataFrame()
 
 
@@ -145,7 +145,7 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
     with replacing(dest / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
     s = summary(df)
-    lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.figures --out {out}`.", ""]
+    lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.report.figures --out {out}`.", ""]
     if s.data_fingerprint.nunique() > 1:
         lines += [f"Runs on {s.data_fingerprint.nunique()} different data sets (by content): the `data` column "
                   "gives each one's fingerprint; points on different data are never averaged.", ""]
@@ -197,7 +197,7 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                   "Each method's accuracy read off its own curve (linear in log bits, never extrapolated) at the grid "
                   "points of either method inside the range both cover; `a − b` is taken seed by seed and given as "
                   "mean and std over the seeds both have. A difference within two standard errors of zero is a "
-                  "tie. Rebuilt by `python -m benchmarks.figures`.", "",
+                  "tie. Rebuilt by `python -m benchmarks.report.figures`.", "",
                   pairs.to_markdown(index=False, floatfmt=".2f"), ""]
     failed = df[df.status != "ok"]
     if not failed.empty:

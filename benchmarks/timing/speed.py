@@ -1,4 +1,4 @@
-"""``python -m benchmarks.speed OUT``: measured inference speed of every finished run's decoded model against
+"""``python -m benchmarks.timing.speed OUT``: measured inference speed of every finished run's decoded model against
 the float model of the same net, and the multiply-accumulates each one really performs.
 
 "Smaller" is not "faster": a run that drops 70% of its weights in the late, low-resolution layers may keep
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks import packing
+from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
-from benchmarks.figures import build_all
+from benchmarks.harness.rundir import finished
 from benchmarks.models import build_model
-from benchmarks.rundir import finished
+from benchmarks.report.figures import build_all
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.speed", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is kept (default 5)")
     p.add_argument("--seconds", type=float, default=MIN_SECONDS,

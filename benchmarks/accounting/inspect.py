@@ -1,4 +1,4 @@
-"""``python -m benchmarks.inspect FILE``: the size report of a packed model file, measured from the file alone.
+"""``python -m benchmarks.accounting.inspect FILE``: the size report of a packed model file, measured from the file alone.
 
 Anyone can check a published number this way: the report is computed by the same accounting the harness
 uses, from the bytes on disk, without the method that produced the file: fixed-length ``bits``, the
@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import packing
-from benchmarks.size import size_report
+from benchmarks.accounting import packing
+from benchmarks.accounting.size import size_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.inspect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.inspect", description=__doc__.splitlines()[0])
     p.add_argument("file", type=Path, help="a model.packed file (e.g. results/cpu/runs/<id>/model.packed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     args = p.parse_args(argv)

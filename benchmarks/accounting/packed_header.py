@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.bitstream import PackedFileError
+from benchmarks.accounting.bitstream import PackedFileError
 from benchmarks.compressed import SCHEMES, other_tensor_refs
 from benchmarks.models import MODELS, ModelSpec, build_model, topology
 from benchmarks.topology import Topology, weight_of

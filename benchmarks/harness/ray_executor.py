@@ -13,8 +13,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from benchmarks.executors import ClusterOptions, NotVisible, OutputNotVisible, RunTask, finished
-from benchmarks.runner import RunSpec, record_failure
+from benchmarks.harness.executors import ClusterOptions, NotVisible, OutputNotVisible, RunTask, finished
+from benchmarks.harness.runner import RunSpec, record_failure
 from methods import ConfigError
 
 log = logging.getLogger(__name__)

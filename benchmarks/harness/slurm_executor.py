@@ -13,8 +13,8 @@ import shutil
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from benchmarks.executors import ClusterOptions, NotVisible, OutputNotVisible, RunTask, finished
-from benchmarks.runner import RunSpec, record_failure
+from benchmarks.harness.executors import ClusterOptions, NotVisible, OutputNotVisible, RunTask, finished
+from benchmarks.harness.runner import RunSpec, record_failure
 from methods import ConfigError
 
 log = logging.getLogger(__name__)
