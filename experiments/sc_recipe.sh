@@ -3,19 +3,21 @@
 # results/sc-recipe/ (resumable: a rerun skips finished runs; SEEDS=0,1,2 for more seeds).
 #   bash experiments/sc_recipe.sh                  # every experiment, in the order below
 #   bash experiments/sc_recipe.sh grace long       # the named ones, in the order given
-# Every self-compression run fine-tunes the cached float model at γ = 0.1 unless its line says otherwise;
-# `baseline` is the cpu grid's γ = 0.1 point (the paper's recipe: Adam lr 0.5, eps 1e-8, scheduled).
+#   GAMMA=0.03 bash experiments/sc_recipe.sh eps lr   # the same screen at another γ
+# Every self-compression run fine-tunes the cached float model at γ = $GAMMA (0.1) unless its line says otherwise;
+# `baseline` is the cpu grid's point at that γ (the paper's recipe: Adam lr 0.5, eps 1e-8, scheduled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export SCNN_DATA=${SCNN_DATA:-../shared/data}
 OUT=${OUT:-results/sc-recipe}
 SEEDS=${SEEDS:-0}
+GAMMA=${GAMMA:-0.1}
 
 declare -A EXP
 ORDER=()
 exp() { ORDER+=("$1"); EXP[$1]="${*:2}"; }
-SC="--methods self_compression --grid self_compression.from_float=true --grid self_compression.gamma=0.1"
+SC="--methods self_compression --grid self_compression.from_float=true --grid self_compression.gamma=$GAMMA"
 
 exp baseline    $SC
 # (a) the b/e optimizer: Adam lr 0.5 with eps 1e-8 takes ~0.5-bit steps whatever the gradient
@@ -31,7 +33,7 @@ exp long        $SC --epochs 16
 exp control     --methods float_control --grid float_control.like=self_compression
 exp control-long --methods float_control --grid float_control.like=self_compression --epochs 16
 # from scratch with the fine-tuning's whole budget (the float model's 14 epochs plus 8)
-exp scratch     --methods self_compression --grid self_compression.gamma=0.1 --grid self_compression.from_float=false --epochs 22
+exp scratch     --methods self_compression --grid self_compression.gamma=$GAMMA --grid self_compression.from_float=false --epochs 22
 
 for name in "${@:-${ORDER[@]}}"; do
   [[ -n "${EXP[$name]+x}" ]] || { echo "unknown experiment $name; known: ${ORDER[*]}" >&2; exit 2; }
