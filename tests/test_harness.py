@@ -283,3 +283,10 @@ def test_recipe_script_names_an_unknown_experiment_and_exits_2():
     done = subprocess.run(["bash", str(script), "no-such-experiment"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown experiment no-such-experiment" in done.stderr
     assert "baseline" in done.stderr and "scratch" in done.stderr  # the known ones are listed
+
+
+def test_figure_styles_give_a_grid_points_seeds_one_colour_and_a_line_style_each():
+    styles = figures._styles(["γ=0.01 s0", "γ=0.1 s0", "γ=0.1 s1", "γ=0.1 s2", "γ=0.1 selection=x s0"])
+    colours, lines = [s["color"] for s in styles], [s["ls"] for s in styles]
+    assert colours[1] == colours[2] == colours[3] and len({colours[0], colours[1], colours[4]}) == 3
+    assert lines[1:4] == ["-", "--", ":"] and lines[0] == lines[4] == "-"

@@ -121,6 +121,19 @@ def _labels(results: list[dict], knob: str) -> list[str]:
             for r, c in zip(results, curves)]
 
 
+def _styles(labels: list[str]) -> list[dict]:
+    """One colour per grid point (the label without its seed), one line style per seed of it: the seeds of a
+    point read as one family of lines."""
+    points = [label.rsplit(" s", 1)[0] for label in labels]
+    colour = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(points))}
+    seen: dict[str, int] = {}
+    styles = []
+    for label, p in zip(labels, points):
+        seen[p] = seen.get(p, -1) + 1
+        styles.append(dict(color=colour[p], ls=("-", "--", ":", "-.")[seen[p] % 4], label=label))
+    return styles
+
+
 def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
     """(label, history DataFrame) of every finished run of ``method`` whose history has the columns ``need``."""
     found = []
@@ -139,9 +152,9 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
         return False
     moved = any("mean_abs_dw" in h.columns for _, h in curves)  # recorded by runs since 2026-11-24
     fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 5), layout="constrained")
-    for i, (label, h) in enumerate(curves):
+    for (_, h), style in zip(curves, _styles([label for label, _ in curves])):
         last = h.groupby("round").tail(1)  # the end of each round's retraining
-        style = dict(color=f"C{i % 10}", marker="o", ms=3, label=label)
+        style.update(marker="o", ms=3)
         axes[0].plot(100 * last.share_fixed, last.unique_fixed, **style)
         axes[1].plot(100 * last.share_fixed, last.test_acc, **style)
         if "mean_abs_dw" in last.columns:
@@ -169,11 +182,11 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
         return False
     timed = [c for c in curves if "epoch_time_vs_float" in c[1].columns]
     fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4), layout="constrained")
-    for i, (label, h) in enumerate(curves):  # one colour per run in every panel
-        axes[0].plot(h.epoch, h.bits_remaining_pct, color=f"C{i % 10}", label=label)
-        axes[1].plot(h.epoch, h.weights_remaining_pct, color=f"C{i % 10}", label=label)
+    for (_, h), style in zip(curves, _styles([label for label, _ in curves])):  # a run's style in every panel
+        axes[0].plot(h.epoch, h.bits_remaining_pct, **style)
+        axes[1].plot(h.epoch, h.weights_remaining_pct, **style)
         if "epoch_time_vs_float" in h.columns:
-            axes[2].plot(h.epoch, h.epoch_time_vs_float, "o-", color=f"C{i % 10}", ms=3, label=label)
+            axes[2].plot(h.epoch, h.epoch_time_vs_float, marker="o", ms=3, **style)
     axes[0].set_ylabel("bits remaining (%), exported model")
     axes[1].set_ylabel("weights remaining (%), exported model")
     for a in axes[:2]:
@@ -196,9 +209,10 @@ def layers_figure(out: Path, folder: Path) -> bool:
     if not results:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(16, 4.5), layout="constrained")
-    for i, (label, r) in enumerate(sorted(zip(_labels(results, "gamma"), results), key=lambda c: c[0])):
+    runs = sorted(zip(_labels(results, "gamma"), results), key=lambda c: c[0])
+    for (_, r), style in zip(runs, _styles([label for label, _ in runs])):
         layers = pd.DataFrame(r["size"]["layers"])
-        style = dict(color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3], marker="o", ms=3, label=label)
+        style.update(marker="o", ms=3)
         axes[0].plot(layers.layer, 100 * layers.weights_remaining / layers.weights_total, **style)
         axes[1].plot(layers.layer, layers.mean_bits, **style)
     axes[0].set_ylabel("weights remaining in the layer (%)")
