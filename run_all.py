@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dataset:
         preset = replace(preset, dataset=args.dataset)
     methods = args.methods.split(",") if args.methods else available_methods()
-    seeds = [_int(s, "--seeds") for s in args.seeds.split(",")] if args.seeds else list(preset.seeds)
+    seeds = [_int(s, "--seeds") for s in args.seeds.split(",")] if args.seeds is not None else list(preset.seeds)
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.jobs < 1:

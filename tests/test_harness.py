@@ -285,8 +285,12 @@ def test_recipe_script_names_an_unknown_experiment_and_exits_2():
     assert "baseline" in done.stderr and "scratch" in done.stderr  # the known ones are listed
 
 
-def test_figure_styles_give_a_grid_points_seeds_one_colour_and_a_line_style_each():
-    styles = figures._styles(["γ=0.01 s0", "γ=0.1 s0", "γ=0.1 s1", "γ=0.1 s2", "γ=0.1 selection=x s0"])
+def test_figure_styles_give_a_grid_points_seeds_one_colour_and_each_seed_a_line_style():
+    labels = ["γ=0.01 s1", "γ=0.1 s0", "γ=0.1 s1", "γ=0.1 s10", "γ=0.1 s2", "γ=0.1 selection=x s0"]
+    styles = figures._styles(labels)
     colours, lines = [s["color"] for s in styles], [s["ls"] for s in styles]
-    assert colours[1] == colours[2] == colours[3] and len({colours[0], colours[1], colours[4]}) == 3
-    assert lines[1:4] == ["-", "--", ":"] and lines[0] == lines[4] == "-"
+    assert colours[1] == colours[2] == colours[3] == colours[4] and len({colours[0], colours[1], colours[5]}) == 3
+    # by seed value, not by position: seed 1 is dashed also where a point has no seed 0; s10 sorts after s2
+    assert lines == ["--", "-", "--", "-.", ":", "-"]
+    many = figures._styles([f"γ={i} s0" for i in range(12)])  # past ten points the marker tells them apart
+    assert (many[0]["color"], many[0]["marker"]) != (many[10]["color"], many[10]["marker"])

@@ -159,7 +159,7 @@ def run(opts: ClusterOptions, specs: list[RunSpec], out: str | Path, data_dir: s
     token = uuid.uuid4().hex
     task = RunTask(out, str(resolve_root(data_dir).resolve()), device or ("cuda" if opts.gpus_per_run else "cpu"),
                    max(1, int(opts.cpus_per_run)), token)
-    backend = importlib.import_module(f"benchmarks.{opts.executor}_executor")
+    backend = importlib.import_module(f"benchmarks.harness.{opts.executor}_executor")
     write_token(out, token)
     try:
         results.update(backend.run(opts, waves, task))

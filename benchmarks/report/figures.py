@@ -111,7 +111,7 @@ def _runs(out: Path, method: str) -> list[dict]:
 
 def _labels(results: list[dict], knob: str) -> list[str]:
     """A legend label per run of one method: its ``knob`` (γ, δ), its curve as the tables name it
-    (``report.series_names``: the other parameters and epochs that vary), and the seed."""
+    (``tables.series_names``: the other parameters and epochs that vary), and the seed."""
     runs = pd.DataFrame({"method": [r["spec"]["method"] for r in results],
                          "params": [json.dumps(r["spec"]["params"], sort_keys=True) for r in results],
                          "knob": knob, "epochs": [own_epochs(r) for r in results]})
@@ -122,16 +122,14 @@ def _labels(results: list[dict], knob: str) -> list[str]:
 
 
 def _styles(labels: list[str]) -> list[dict]:
-    """One colour per grid point (the label without its seed), one line style per seed of it: the seeds of a
-    point read as one family of lines."""
-    points = [label.rsplit(" s", 1)[0] for label in labels]
-    colour = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(points))}
-    seen: dict[str, int] = {}
-    styles = []
-    for label, p in zip(labels, points):
-        seen[p] = seen.get(p, -1) + 1
-        styles.append(dict(color=colour[p], ls=("-", "--", ":", "-.")[seen[p] % 4], label=label))
-    return styles
+    """One colour (and past ten points, marker) per grid point, the label without its seed, and one line
+    style per seed: the seeds of a point read as one family of lines, and seed 1 looks alike everywhere."""
+    points, seeds = zip(*(label.rsplit(" s", 1) for label in labels)) if labels else ((), ())
+    order = sorted(set(seeds), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else 0, x))
+    index = {p: i for i, p in enumerate(dict.fromkeys(points))}
+    return [dict(color=f"C{index[p] % 10}", marker="os^D"[index[p] // 10 % 4], ms=3,
+                 ls=("-", "--", ":", "-.")[order.index(seed) % 4], label=label)
+            for label, p, seed in zip(labels, points, seeds)]
 
 
 def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
@@ -154,7 +152,6 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
     fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 5), layout="constrained")
     for (_, h), style in zip(curves, _styles([label for label, _ in curves])):
         last = h.groupby("round").tail(1)  # the end of each round's retraining
-        style.update(marker="o", ms=3)
         axes[0].plot(100 * last.share_fixed, last.unique_fixed, **style)
         axes[1].plot(100 * last.share_fixed, last.test_acc, **style)
         if "mean_abs_dw" in last.columns:
@@ -186,7 +183,7 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
         axes[0].plot(h.epoch, h.bits_remaining_pct, **style)
         axes[1].plot(h.epoch, h.weights_remaining_pct, **style)
         if "epoch_time_vs_float" in h.columns:
-            axes[2].plot(h.epoch, h.epoch_time_vs_float, marker="o", ms=3, **style)
+            axes[2].plot(h.epoch, h.epoch_time_vs_float, **style)
     axes[0].set_ylabel("bits remaining (%), exported model")
     axes[1].set_ylabel("weights remaining (%), exported model")
     for a in axes[:2]:
@@ -212,7 +209,6 @@ def layers_figure(out: Path, folder: Path) -> bool:
     runs = sorted(zip(_labels(results, "gamma"), results), key=lambda c: c[0])
     for (_, r), style in zip(runs, _styles([label for label, _ in runs])):
         layers = pd.DataFrame(r["size"]["layers"])
-        style.update(marker="o", ms=3)
         axes[0].plot(layers.layer, 100 * layers.weights_remaining / layers.weights_total, **style)
         axes[1].plot(layers.layer, layers.mean_bits, **style)
     axes[0].set_ylabel("weights remaining in the layer (%)")

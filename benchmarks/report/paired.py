@@ -26,7 +26,7 @@ def interpolate(bits: np.ndarray, accuracy: np.ndarray, at: np.ndarray) -> np.nd
 
 def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
     """One row per (net and data, pair of methods, matched size): both accuracies on the mean curves and the
-    seed-wise difference (first method minus second). ``df`` is ``report.collect``'s run table."""
+    seed-wise difference (first method minus second). ``df`` is ``tables.collect``'s run table."""
     ok = df[(df.status == "ok") & ~df.method.isin(["float", "float_control"])].dropna(subset=[size, "accuracy"])
     rows = []
     for (model, _), part in ok.groupby(["model", "data_fingerprint"], dropna=False):

@@ -182,15 +182,15 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
         lines += [table.to_markdown(index=False), ""]
     near = pd.concat([near_float(s, points) for points in (1.0, 0.5)], ignore_index=True)
     if not near.empty:
-        near["seeds"] = near.seeds.astype("Int64")
-    if not near.empty:
+        near = near.sort_values(["method", "model", "within (points)"], ascending=[True, True, False], kind="stable")
+        near = near.astype(object).apply(lambda col: [_cell(v, col.name) for v in col])
         lines += ["## Smallest size within 1 and 0.5 points of float (equal-budget control where there is one)", "",
                   "Per method and net, the fewest bits and the fewest weights remaining among grid points whose "
                   "mean accuracy is at least the reference's minus 1 (or 0.5) points: the equal-budget float "
                   "control (the float network trained with the method's own schedule) where the grid has one, "
                   "else the float model. Sizes and accuracies are means over the point's seeds, with the "
                   "accuracy's std over them.", "",
-                  near.to_markdown(index=False, floatfmt=".2f"), ""]
+                  near.to_markdown(index=False), ""]
     pairs = paired(df)
     if not pairs.empty:
         lines += ["## Methods at matched bits remaining", "",
@@ -234,8 +234,17 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
                          "seeds": None if bits is None else bits.get("seeds"),
                          "fewest weights %": None if weights is None else weights.weights_remaining_pct_mean,
                          "accuracy at fewest weights %": None if weights is None else weights.accuracy_mean,
-                         "accuracy at fewest weights std": None if weights is None else weights.get("accuracy_std")})
+                         "accuracy at fewest weights std": None if weights is None else weights.get("accuracy_std"),
+                         "seeds at fewest weights": None if weights is None else weights.get("seeds")})
     return pd.DataFrame(rows)
+
+
+def _cell(v: object, column: str) -> object:
+    """A table cell: a dash where a method has no point close enough (or one seed has no std), counts as
+    integers, other numbers to two decimals."""
+    if isinstance(v, float):
+        return "—" if pd.isna(v) else str(int(v)) if column.startswith("seeds") else f"{v:.2f}"
+    return "—" if v is None or v is pd.NA else v
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
