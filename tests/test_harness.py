@@ -261,6 +261,22 @@ def test_matched_bits_interpolation_against_a_hand_example():
     assert verdict("a", "b", 2, float("nan"), 1) == "no verdict (1 seed)"
 
 
+def test_a_one_point_variant_is_compared_seed_by_seed_at_its_own_size():
+    """A variant with one grid point whose seeds land at 2, 4 and 8 bits (mean 4.67) against a curve through
+    (2, 80) and (8, 86) in every seed, linear in log2: 80, 83, 86 there, so the seeds differ by 1, 1, 2."""
+    from benchmarks.report.paired import paired
+
+    rows = [("b", f"b{bits}", seed, bits, acc) for seed in (0, 1, 2) for bits, acc in ((2, 80), (8, 86))]
+    rows += [("a", "a", 0, 2, 81), ("a", "a", 1, 4, 84), ("a", "a", 2, 8, 88)]
+    df = pd.DataFrame(rows, columns=["method", "params", "seed", "bits_remaining_pct", "accuracy"])
+    df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    df["series"] = df.method
+    p = paired(df)
+    assert list(p["bits remaining %"]) == pytest.approx([14 / 3]) and list(p.seeds) == [3]
+    assert p["a − b (points)"].iloc[0] == pytest.approx(4 / 3) and p["std"].iloc[0] == pytest.approx(3 ** -0.5)
+    assert p.verdict.iloc[0] == "a"
+
+
 def test_parameters_that_vary_split_a_method_into_curves():
     from benchmarks.report.tables import series_names
 

@@ -4,7 +4,7 @@ Grid points of two methods never land on the same sizes, so each method's accura
 curve (accuracy against bits remaining, linear in log(bits) between neighbouring grid points; never
 extrapolated) at every size where both curves exist: the grid points of either method inside the range
 both cover. The difference is taken seed by seed (each seed's curve against the same seed's curve of the
-other method) and summarised as mean ± std over the seeds both have; it is called a win only when the mean
+other method, at the size the grid point has in that seed) and summarised as mean ± std over the seeds both have; it is called a win only when the mean
 is more than two standard errors from zero, otherwise a tie (and with one seed there is no verdict).
 """
 from __future__ import annotations
@@ -36,23 +36,35 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
             mean_b = B.groupby("params")[[size, "accuracy"]].mean()
             lo = max(mean_a[size].min(), mean_b[size].min())
             hi = min(mean_a[size].max(), mean_b[size].max())
-            levels = sorted({x for x in pd.concat([mean_a[size], mean_b[size]]) if lo <= x <= hi})
+            # each matched size is a grid point of either method (the first at a size both share); a seed
+            # is compared at that point's size in that seed, so that a one-point variant pairs with each
+            # seed's curve of the other method even where its seeds' sizes differ from their mean
+            points = {}
+            for runs, mean in ((A, mean_a), (B, mean_b)):
+                for params, x in mean[size].items():
+                    if lo <= x <= hi and x not in points:
+                        points[x] = runs[runs.params == params].groupby("seed")[size].mean()
+            levels = sorted(points)
             if not levels:
                 continue
             acc_a = interpolate(mean_a[size], mean_a.accuracy, levels)
             acc_b = interpolate(mean_b[size], mean_b.accuracy, levels)
             seeds = sorted(set(A.seed) & set(B.seed))
-            per_seed = np.array([interpolate(A[A.seed == s][size], A[A.seed == s].accuracy, levels)
-                                 - interpolate(B[B.seed == s][size], B[B.seed == s].accuracy, levels)
-                                 for s in seeds]).reshape(len(seeds), len(levels))
             for i, x in enumerate(levels):
-                d = per_seed[:, i][np.isfinite(per_seed[:, i])]
+                d = np.array([_seed_difference(A[A.seed == s], B[B.seed == s], size, points[x][s])
+                              for s in seeds if s in points[x].index])
+                d = d[np.isfinite(d)]
                 mean = float(d.mean()) if len(d) else math.nan
                 std = float(d.std(ddof=1)) if len(d) > 1 else math.nan
                 rows.append({"model": model, "method a": a, "method b": b, "bits remaining %": x,
                              "accuracy a %": acc_a[i], "accuracy b %": acc_b[i], "a − b (points)": mean,
                              "std": std, "seeds": len(d), "verdict": verdict(a, b, mean, std, len(d))})
     return pd.DataFrame(rows)
+
+
+def _seed_difference(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float) -> float:
+    """One seed's accuracy of curve ``a`` minus curve ``b`` at the size ``at`` (NaN outside either)."""
+    return float(interpolate(a[size], a.accuracy, [at])[0] - interpolate(b[size], b.accuracy, [at])[0])
 
 
 def verdict(a: str, b: str, mean: float, std: float, n: int) -> str:
