@@ -4,8 +4,9 @@ Grid points of two methods never land on the same sizes, so each method's accura
 curve (accuracy against bits remaining, linear in log(bits) between neighbouring grid points; never
 extrapolated) at every size where both curves exist: the grid points of either method inside the range
 both cover. The difference is taken seed by seed (each seed's curve against the same seed's curve of the
-other method, at the size the grid point has in that seed) and summarised as mean ± std over the seeds both have; it is called a win only when the mean
-is more than two standard errors from zero, otherwise a tie (and with one seed there is no verdict).
+other method, at the size the grid point has in that seed) and summarised as mean ± std over the seeds both
+have; it is called a win only when the mean is more than two standard errors from zero, otherwise a tie (and
+with one seed there is no verdict).
 """
 from __future__ import annotations
 
