@@ -50,10 +50,10 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
                 continue
             acc_a = interpolate(mean_a[size], mean_a.accuracy, levels)
             acc_b = interpolate(mean_b[size], mean_b.accuracy, levels)
-            seeds = sorted(set(A.seed) & set(B.seed))
+            by_seed = {s: (A[A.seed == s], B[B.seed == s]) for s in sorted(set(A.seed) & set(B.seed))}
             for i, x in enumerate(levels):
-                d = np.array([_seed_difference(A[A.seed == s], B[B.seed == s], size, points[x][s])
-                              for s in seeds if s in points[x].index])
+                d = np.array([_seed_difference(*by_seed[s], size, points[x][s])
+                              for s in by_seed if s in points[x].index])
                 d = d[np.isfinite(d)]
                 mean = float(d.mean()) if len(d) else math.nan
                 std = float(d.std(ddof=1)) if len(d) > 1 else math.nan
