@@ -144,6 +144,32 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, flip_tta: b
     return 100.0 * correct / len(split)
 
 
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, split: Split, n_batches: int, batch_size: int = 512,
+                         seed: int = 0) -> nn.Module:
+    """Replace every BatchNorm's running mean and variance by their plain average over ``n_batches``
+    augmented training batches of the network as it now is (weights untouched). Running statistics are an
+    exponential average over training steps, so they lag weights that moved late (bit depths falling at the
+    end of a schedule): this measures how much accuracy that lag costs."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was = model.training
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    channels_last = split.images.device.type == "cpu"
+    for i, (x, _) in enumerate(batches(split, batch_size, gen, train=True, channels_last=channels_last)):
+        if i == n_batches:
+            break
+        model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was)
+    return model
+
+
 def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
           checkpoint: str | os.PathLike | None = None) -> nn.Module:

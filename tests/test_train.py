@@ -3,9 +3,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmarks.data import make_synthetic
+from benchmarks.data import batches, make_synthetic
 from benchmarks.models import ModelSpec, build_model, describe
-from benchmarks.train import TrainConfig, evaluate, float_model, train
+from benchmarks.train import TrainConfig, evaluate, float_model, reestimate_batchnorm, train
 from methods import Method, ParamGroup, Phase
 
 CFG = TrainConfig(epochs=2, batch_size=128, lr=0.1)
@@ -156,3 +156,32 @@ def test_bf16_forward_agrees_with_fp32_and_a_bf16_step_trains():
                                                                           precision="bf16"),
           on_epoch=hist.append, progress=False)
     assert len(hist) == 1 and torch.isfinite(torch.tensor(hist[0]["train_loss"]))
+
+
+def test_batchnorm_reestimation_averages_the_training_batches_and_leaves_weights_alone():
+    data = make_synthetic(n_train=256, n_test=64)
+    model = build_model(ModelSpec("tinycnn"))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(5.0)  # stale statistics
+    bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    # the expected statistics by hand: the mean over batches of each batch's mean and unbiased variance
+    # at the input of the BatchNorm, over the same augmented batches the function draws
+    seen = []
+    hook = bn.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
+    model.train()
+    with torch.no_grad():
+        for x, _ in list(batches(data.train, 64, torch.Generator().manual_seed(3), train=True))[:3]:
+            model(x)
+    hook.remove()
+    want_mean = torch.stack([a.mean((0, 2, 3)) for a in seen]).mean(0)
+    want_var = torch.stack([a.var((0, 2, 3), unbiased=True) for a in seen]).mean(0)
+    model.eval()
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    reestimate_batchnorm(model, data.train, n_batches=3, batch_size=64, seed=3)
+    assert not model.training and bn.momentum == 0.1
+    assert torch.allclose(bn.running_mean, want_mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, want_var, atol=1e-4)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())

@@ -1,0 +1,83 @@
+"""How much accuracy do stale BatchNorm statistics cost each finished run of a results folder?
+
+Every run's network is decoded from its ``model.packed`` and scored as stored (which must reproduce the
+run's recorded accuracy), then every BatchNorm's running statistics are re-estimated over training batches
+(``benchmarks.train.reestimate_batchnorm``, weights untouched) and it is scored again. Writes
+``<out>/bn_reestimation.csv``; the run folders are not changed.
+
+    python experiments/bn_reestimation.py results/sc-recipe --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.accounting import packing
+from benchmarks.compressed import to_module
+from benchmarks.data import DataError, load_dataset
+from benchmarks.harness.rundir import finished
+from benchmarks.train import evaluate, reestimate_batchnorm
+
+BATCHES = 20  # of 512 augmented training images: ~10k images, a fifth of an epoch
+log = logging.getLogger("bn_reestimation")
+
+
+def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BATCHES) -> pd.DataFrame:
+    runs = [(f, r) for f in sorted(d for d in out.glob("runs/*") if d.is_dir())
+            if (r := finished(f)) is not None and r["spec"]["method"] in methods]
+    if not runs:
+        raise ValueError(f"{out} has no finished run of {', '.join(methods)}")
+    datasets = {}
+    rows = []
+    for folder, r in tqdm(runs, desc="bn re-estimation", disable=None):
+        spec = r["spec"]
+        if spec["dataset"] not in datasets:
+            datasets[spec["dataset"]] = load_dataset(spec["dataset"], data_dir)
+        data = datasets[spec["dataset"]]
+        model = to_module(packing.load(folder / "model.packed"))
+        decoded = evaluate(model, data.test)
+        if abs(decoded - r["accuracy"]) > 1e-6:
+            log.warning("run %s scores %.2f decoded, %.2f recorded", r["run_id"], decoded, r["accuracy"])
+        reestimate_batchnorm(model, data.train, n_batches, seed=spec["seed"])
+        rows.append({"run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
+                     "seed": spec["seed"], "epochs": spec["train"]["epochs"], "accuracy": r["accuracy"],
+                     "accuracy_decoded": decoded, "accuracy_bn_reestimated": evaluate(model, data.test),
+                     "bits_remaining_pct": (r.get("size") or {}).get("bits_remaining_pct"),
+                     "bn_batches": n_batches, "torch": torch.__version__, "measured": datetime.date.today().isoformat()})
+    df = pd.DataFrame(rows)
+    df["gain"] = df.accuracy_bn_reestimated - df.accuracy_decoded
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/sc-recipe)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
+    p.add_argument("--methods", default="self_compression,float_control",
+                   help="comma-separated methods whose runs are measured (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=BATCHES, help="training batches of 512 (default: %(default)s)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.batches < 1:
+        print(f"--batches must be >= 1, got {args.batches}", file=sys.stderr)
+        return 2
+    try:
+        df = measure(args.out, args.data_dir, args.methods.split(","), args.batches)
+    except (ValueError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    df.to_csv(args.out / "bn_reestimation.csv", index=False)
+    log.info("%d runs; mean gain %.2f points; written to %s", len(df), df.gain.mean(), args.out / "bn_reestimation.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
