@@ -3,7 +3,9 @@
 Every run's network is decoded from its ``model.packed`` and scored as stored (which must reproduce the
 run's recorded accuracy), then every BatchNorm's running statistics are re-estimated over training batches
 (``benchmarks.train.reestimate_batchnorm``, weights untouched) and it is scored again. Writes
-``<out>/bn_reestimation.csv``; the run folders are not changed.
+``<out>/bn_reestimation.csv``; the run folders are not changed. Rows the file already holds for a run as it
+stands (same id, same recorded accuracy, same number of batches) are kept, not measured again, so that a new
+run costs only its own measurement.
 
     python experiments/bn_reestimation.py results/sc-recipe --data-dir ../shared/data
 """
@@ -30,11 +32,14 @@ BATCHES = 20  # of 512 augmented training images: ~10k images, a fifth of an epo
 log = logging.getLogger("bn_reestimation")
 
 
-def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BATCHES) -> pd.DataFrame:
+def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BATCHES,
+            done: frozenset[tuple[str, float]] = frozenset()) -> pd.DataFrame:
+    """One row per finished run of ``methods`` in ``out`` whose (id, recorded accuracy) is not in ``done``."""
     runs = [(f, r) for f in sorted(d for d in out.glob("runs/*") if d.is_dir())
             if (r := finished(f)) is not None and r["spec"]["method"] in methods]
     if not runs:
         raise ValueError(f"{out} has no finished run of {', '.join(methods)}")
+    runs = [(f, r) for f, r in runs if (r["run_id"], r["accuracy"]) not in done]
     datasets = {}
     rows = []
     for folder, r in tqdm(runs, desc="bn re-estimation", disable=None):
@@ -47,13 +52,16 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
         if abs(decoded - r["accuracy"]) > 1e-6:
             log.warning("run %s scores %.2f decoded, %.2f recorded", r["run_id"], decoded, r["accuracy"])
         reestimate_batchnorm(model, data.train, n_batches, seed=spec["seed"])
-        rows.append({"run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
+        rows.append({"run_id": r["run_id"], "method": spec["method"],
+                     "params": json.dumps(spec["params"], sort_keys=True),
                      "seed": spec["seed"], "epochs": spec["train"]["epochs"], "accuracy": r["accuracy"],
                      "accuracy_decoded": decoded, "accuracy_bn_reestimated": evaluate(model, data.test),
                      "bits_remaining_pct": (r.get("size") or {}).get("bits_remaining_pct"),
-                     "bn_batches": n_batches, "torch": torch.__version__, "measured": datetime.date.today().isoformat()})
+                     "bn_batches": n_batches, "torch": torch.__version__,
+                     "measured": datetime.date.today().isoformat()})
     df = pd.DataFrame(rows)
-    df["gain"] = df.accuracy_bn_reestimated - df.accuracy_decoded
+    if not df.empty:
+        df["gain"] = df.accuracy_bn_reestimated - df.accuracy_decoded
     return df
 
 
@@ -67,15 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.batches < 1:
-        print(f"--batches must be >= 1, got {args.batches}", file=sys.stderr)
+        print(f"error: --batches must be >= 1, got {args.batches}", file=sys.stderr)
         return 2
+    if not (args.out / "runs").is_dir():
+        print(f"error: {args.out} has no runs/ folder; give a results folder such as results/sc-recipe",
+              file=sys.stderr)
+        return 2
+    csv = args.out / "bn_reestimation.csv"
     try:
-        df = measure(args.out, args.data_dir, args.methods.split(","), args.batches)
-    except (ValueError, DataError) as e:
+        old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["run_id", "accuracy", "bn_batches"])
+        old = old[old.bn_batches == args.batches]
+        current = {(r["run_id"], r["accuracy"]) for f in args.out.glob("runs/*") if (r := finished(f)) is not None}
+        old = old[pd.Series([k in current for k in zip(old.run_id, old.accuracy)], index=old.index, dtype=bool)]
+        new = measure(args.out, args.data_dir, args.methods.split(","), args.batches,
+                      frozenset(zip(old.run_id, old.accuracy)))
+    except (ValueError, KeyError, DataError, pd.errors.ParserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    df.to_csv(args.out / "bn_reestimation.csv", index=False)
-    log.info("%d runs; mean gain %.2f points; written to %s", len(df), df.gain.mean(), args.out / "bn_reestimation.csv")
+    df = pd.concat([d for d in (old, new) if not d.empty]).sort_values("run_id") if len(old) + len(new) else new
+    df.to_csv(csv, index=False)
+    log.info("%d runs measured now, %d kept from %s; mean gain %.2f points", len(new), len(old), csv, df.gain.mean())
     return 0
 
 
