@@ -33,16 +33,21 @@ log = logging.getLogger("bn_reestimation")
 
 
 def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BATCHES,
-            done: frozenset[tuple[str, float]] = frozenset()) -> pd.DataFrame:
-    """One row per finished run of ``methods`` in ``out`` whose (id, recorded accuracy) is not in ``done``."""
+            old: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+    """One row per finished run of ``methods`` in ``out``, and how many of them were measured now: rows of
+    ``old`` for a run as it stands (same id, recorded accuracy and ``n_batches``) are kept as they are."""
     runs = [(f, r) for f in sorted(d for d in out.glob("runs/*") if d.is_dir())
             if (r := finished(f)) is not None and r["spec"]["method"] in methods]
     if not runs:
         raise ValueError(f"{out} has no finished run of {', '.join(methods)}")
-    runs = [(f, r) for f, r in runs if (r["run_id"], r["accuracy"]) not in done]
+    current = {(r["run_id"], r["accuracy"]) for _, r in runs}
+    kept = [] if old is None else [row for row in old.to_dict("records") if row["bn_batches"] == n_batches
+                                   and (row["run_id"], row["accuracy"]) in current]
+    done = {(row["run_id"], row["accuracy"]) for row in kept}
+    todo = [(f, r) for f, r in runs if (r["run_id"], r["accuracy"]) not in done]
     datasets = {}
     rows = []
-    for folder, r in tqdm(runs, desc="bn re-estimation", disable=None):
+    for folder, r in tqdm(todo, desc="bn re-estimation", disable=None):
         spec = r["spec"]
         if spec["dataset"] not in datasets:
             datasets[spec["dataset"]] = load_dataset(spec["dataset"], data_dir)
@@ -52,17 +57,15 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
         if abs(decoded - r["accuracy"]) > 1e-6:
             log.warning("run %s scores %.2f decoded, %.2f recorded", r["run_id"], decoded, r["accuracy"])
         reestimate_batchnorm(model, data.train, n_batches, seed=spec["seed"])
+        bn = evaluate(model, data.test)
         rows.append({"run_id": r["run_id"], "method": spec["method"],
                      "params": json.dumps(spec["params"], sort_keys=True),
                      "seed": spec["seed"], "epochs": spec["train"]["epochs"], "accuracy": r["accuracy"],
-                     "accuracy_decoded": decoded, "accuracy_bn_reestimated": evaluate(model, data.test),
+                     "accuracy_decoded": decoded, "accuracy_bn_reestimated": bn,
                      "bits_remaining_pct": (r.get("size") or {}).get("bits_remaining_pct"),
                      "bn_batches": n_batches, "torch": torch.__version__,
-                     "measured": datetime.date.today().isoformat()})
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df["gain"] = df.accuracy_bn_reestimated - df.accuracy_decoded
-    return df
+                     "measured": datetime.date.today().isoformat(), "gain": bn - decoded})
+    return pd.DataFrame(kept + rows).sort_values("run_id"), len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,18 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     csv = args.out / "bn_reestimation.csv"
     try:
-        old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["run_id", "accuracy", "bn_batches"])
-        old = old[old.bn_batches == args.batches]
-        current = {(r["run_id"], r["accuracy"]) for f in args.out.glob("runs/*") if (r := finished(f)) is not None}
-        old = old[pd.Series([k in current for k in zip(old.run_id, old.accuracy)], index=old.index, dtype=bool)]
-        new = measure(args.out, args.data_dir, args.methods.split(","), args.batches,
-                      frozenset(zip(old.run_id, old.accuracy)))
+        df, n_new = measure(args.out, args.data_dir, args.methods.split(","), args.batches,
+                            pd.read_csv(csv) if csv.is_file() else None)
     except (ValueError, KeyError, DataError, pd.errors.ParserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    df = pd.concat([d for d in (old, new) if not d.empty]).sort_values("run_id") if len(old) + len(new) else new
     df.to_csv(csv, index=False)
-    log.info("%d runs measured now, %d kept from %s; mean gain %.2f points", len(new), len(old), csv, df.gain.mean())
+    log.info("%d runs measured now, %d kept in %s; mean gain %.2f points", n_new, len(df) - n_new, csv, df.gain.mean())
     return 0
 
 
