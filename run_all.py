@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="training arithmetic; part of each run's id (default: auto, bf16 where the device runs it "
                         "natively, else fp32); every score is taken in fp32 from the decoded file")
+    p.add_argument("--bn-batches", type=int, metavar="N",
+                   help="training batches over which every artifact's BatchNorm statistics are re-estimated before "
+                        "it is scored (default: the preset's, 20; 0 keeps the training's statistics, as runs "
+                        "before 2026-11-24 did)")
     p.add_argument("--out", help="results folder (default: results/<preset>/)")
     p.add_argument("--rerun", action="store_true",
                    help="train finished runs (and the float models they start from) again instead of reusing them")
@@ -95,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.bn_batches is not None and args.bn_batches < 0:
+        raise ConfigError(f"--bn-batches must be 0 (off) or more, got {args.bn_batches}")
     if args.jobs > (os.cpu_count() or 1):
         log.warning("--jobs %d is more than the %d cores here: runs will compete for them", args.jobs, os.cpu_count())
     if args.out is not None and not args.out.strip():
@@ -107,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
                  precision)
     # methods named on the command line must work; of all registered ones, broken plugins are skipped
     specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods),
-                   precision=precision)
+                   precision=precision, bn_batches=args.bn_batches)
     out = Path(args.out if args.out is not None else f"results/{preset.name}")
     _check_writable(out)
     # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load

@@ -77,6 +77,7 @@ def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     (["--preset", "smoke", "--device", "gpu"], "unknown device 'gpu'"),
     (["--preset", "smoke", "--device", "cuda:7"], "device 'cuda:7' is not available here"),
     (["--preset", "smoke", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--preset", "smoke", "--bn-batches", "-1"], "--bn-batches must be 0 (off) or more"),
 ])
 def test_bad_input_one_line_exit_2(args, message, tmp_path):
     p = subprocess.run([sys.executable, "run_all.py", "--out", str(tmp_path), *args], cwd=ROOT,

@@ -45,9 +45,11 @@ def parse_grid_overrides(items: Iterable[str]) -> dict[str, dict[str, list[Any]]
 
 
 def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict[str, dict[str, list[Any]]],
-           epochs: int | None = None, strict: bool = True, precision: str = "fp32") -> list[RunSpec]:
+           epochs: int | None = None, strict: bool = True, precision: str = "fp32",
+           bn_batches: int | None = None) -> list[RunSpec]:
     """Every (method, parameter combination, seed) of the grid, validated before anything trains, each run
-    once, every schedule (float model's too) at ``precision``; ``bind_data`` then names the data set. A method whose class breaks while its grid is built (a buggy
+    once, every schedule (float model's too) at ``precision``, every artifact calibrated over ``bn_batches``
+    (default: the preset's); ``bind_data`` then names the data set. A method whose class breaks while its grid is built (a buggy
     plugin) is an error when ``strict``, else it is logged and skipped; a bad parameter value is always a
     ``ConfigError``."""
     for m in overrides:
@@ -57,7 +59,8 @@ def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict
     for name in methods:
         cls = get_method(name)
         try:
-            for spec in _method_specs(preset, name, cls, seeds, overrides.get(name, {}), epochs, precision):
+            for spec in _method_specs(preset, name, cls, seeds, overrides.get(name, {}), epochs, precision,
+                                      preset.bn_batches if bn_batches is None else bn_batches):
                 specs.setdefault(spec.run_id, spec)
         except ConfigError:
             raise
@@ -70,7 +73,7 @@ def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict
 
 
 def _method_specs(preset: Preset, name: str, cls: type, seeds: list[int], overrides: dict[str, list[Any]],
-                  epochs: int | None, precision: str) -> list[RunSpec]:
+                  epochs: int | None, precision: str, bn_batches: int) -> list[RunSpec]:
     grid = {**cls.default_grid.get(preset.name, {}), **overrides}
     keys = sorted(grid)
     specs = []
@@ -82,7 +85,7 @@ def _method_specs(preset: Preset, name: str, cls: type, seeds: list[int], overri
                          precision=precision)
             fl = replace(preset.float_train, seed=seed, precision=precision)
             specs.append(RunSpec(name, full, seed, preset.dataset, "", preset.model,
-                                 fl if method.needs_float_model and not method.phases(1) else tr, fl))
+                                 fl if method.needs_float_model and not method.phases(1) else tr, fl, bn_batches))
     return specs
 
 

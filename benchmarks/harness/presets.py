@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmarks.harness.calibration import BN_BATCHES
 from benchmarks.models import ModelSpec
 from benchmarks.train import TrainConfig
 
@@ -16,6 +17,9 @@ class Preset:
     method_train: TrainConfig  # every compression method's own schedule
     # seeds run per grid point unless --seeds says otherwise: a comparison claim needs a mean over >= 3
     seeds: tuple[int, ...] = (0, 1, 2)
+    # every artifact's BatchNorm statistics are re-estimated over this many training batches before it is
+    # scored (``benchmarks.harness.calibration``; 0 turns it off, as runs before 2026-11-24 had it)
+    bn_batches: int = BN_BATCHES
 
 
 PRESETS = {

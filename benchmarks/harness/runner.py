@@ -25,14 +25,13 @@ from typing import Any
 import torch
 from filelock import Timeout
 
-from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
-from benchmarks.compressed import to_module
 from benchmarks.data import DataError, Dataset, load_dataset
+from benchmarks.harness.calibration import pack_and_score
 from benchmarks.harness.rundir import finished, run_lock, write_json
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.timing.step_speed import float_step_seconds
-from benchmarks.train import (StaleCheckpoint, TrainConfig, evaluate, float_model, pick_device, resume_history,
+from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, pick_device, resume_history,
                               seed_everything, steps_per_epoch, train)
 from methods import get_method
 
@@ -49,11 +48,23 @@ class RunSpec:
     model: ModelSpec
     train: TrainConfig  # the method's own schedule (seed inside equals ``seed``)
     float_train: TrainConfig  # the float model's schedule, for methods that start from it
+    # training batches over which the artifact's BatchNorm statistics are re-estimated before it is packed
+    # and scored (``benchmarks.harness.calibration``); 0: the statistics training left
+    bn_batches: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["params"] = dict(self.params)
+        if not self.bn_batches:  # runs from before calibration existed keep their ids
+            del d["bn_batches"]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        """The spec ``as_dict`` wrote (a ``result.json``'s ``spec``); TypeError/KeyError if it does not fit."""
+        return cls(d["method"], tuple(sorted(d["params"].items())), d["seed"], d["dataset"], d["data_fingerprint"],
+                   ModelSpec(**d["model"]), TrainConfig(**d["train"]), TrainConfig(**d["float_train"]),
+                   d.get("bn_batches", 0))
 
     @property
     def run_id(self) -> str:
@@ -161,6 +172,8 @@ def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, metho
     pre = method.needs_float_model
     key = [[asdict(p) for p in phases], asdict(replace(spec.train, seed=0)) if phases else None,
            asdict(replace(spec.float_train, seed=0)) if pre else None, spec.model.as_dict(), spec.data_fingerprint]
+    if spec.bn_batches:  # a calibrated run pairs with a calibrated control only
+        key.append({"bn_batches": spec.bn_batches})
     own = sum(p.epochs for p in phases)
     return {"float_epochs": spec.float_train.epochs if pre else 0, "method_epochs": own,
             "float_steps": spec.float_train.epochs * steps_per_epoch(n_train, spec.float_train.batch_size) if pre else 0,
@@ -198,12 +211,9 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     t0 = time.perf_counter()
     train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
     method_seconds = time.perf_counter() - t0 + elapsed
-    packing.save(method.export(model, spec.model), folder / "model.packed")
-    artifact, layout = packing.read_file(folder / "model.packed")  # score what was written, not what is in memory
-    decoded = to_module(artifact).to(data.train.images.device)
-    report = size_report(artifact, layout)
-    result = {"accuracy": evaluate(decoded, data.test), "size": report.as_dict(),
-              "train_seconds": method_seconds + float_seconds,
+    scored = pack_and_score(method.export(model, spec.model), folder / "model.packed", data, spec.bn_batches,
+                            spec.train.batch_size, spec.seed)
+    result = {**scored, "train_seconds": method_seconds + float_seconds,
               "budget": budget(spec, method, len(data.train), float_seconds, method_seconds),
               "knob": method.knob,  # which parameter moves a run along its curve (the reports' series)
               "method_metrics": method.epoch_metrics(model)}

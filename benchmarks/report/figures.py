@@ -111,10 +111,11 @@ def _runs(out: Path, method: str) -> list[dict]:
 
 def _labels(results: list[dict], knob: str) -> list[str]:
     """A legend label per run of one method: its ``knob`` (γ, δ), its curve as the tables name it
-    (``tables.series_names``: the other parameters and epochs that vary), and the seed."""
+    (``tables.series_names``: the other parameters, epochs and calibration that vary), and the seed."""
     runs = pd.DataFrame({"method": [r["spec"]["method"] for r in results],
                          "params": [json.dumps(r["spec"]["params"], sort_keys=True) for r in results],
-                         "knob": knob, "epochs": [own_epochs(r) for r in results]})
+                         "knob": knob, "epochs": [own_epochs(r) for r in results],
+                         "bn_batches": [r["spec"].get("bn_batches", 0) for r in results]})
     curves = [c.removeprefix(m).strip() for c, m in zip(series_names(runs), runs.method)] if results else []
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
     return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", c, f"s{r['spec'].get('seed')}"]))

@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 
 #: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
 BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
-COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dataset", "data_fingerprint", "epochs", "accuracy", "bits_remaining_pct",
-           "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total",
-           "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
+COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dataset", "data_fingerprint", "epochs",
+           "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct", "bits",
+           "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
            "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
            "schedule", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
 SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
@@ -48,7 +48,8 @@ def collect(out: str | Path) -> pd.DataFrame:
             "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
             "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
             "epochs": own_epochs(r), "knob": r.get("knob"),
-            "accuracy": r.get("accuracy"), "train_seconds": r.get("train_seconds"), "status": r["status"],
+            "accuracy": r.get("accuracy"), "accuracy_before_calibration": r.get("accuracy_before_calibration"),
+            "bn_batches": spec.get("bn_batches", 0), "train_seconds": r.get("train_seconds"), "status": r["status"],
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
             **{k: size.get(k) for k in SIZE_KEYS}, **{k: budget.get(k) for k in BUDGET_KEYS},
@@ -61,8 +62,9 @@ def collect(out: str | Path) -> pd.DataFrame:
     speed = read_speed(out)
     if not speed.empty:
         df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
-    return df.astype({k: float for k in ("coded_bits", "coded_bits_pct", "code_entropy_bits", *SPEED_KEYS,
-                                         *BUDGET_KEYS, "control_accuracy", "vs_control")})
+    return df.astype({k: float for k in ("accuracy_before_calibration", "coded_bits", "coded_bits_pct",
+                                         "code_entropy_bits", *SPEED_KEYS, *BUDGET_KEYS, "control_accuracy",
+                                         "vs_control")})
 
 
 def own_epochs(result: dict) -> int | None:
@@ -84,8 +86,9 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
 
 def series_names(df: pd.DataFrame) -> pd.Series:
     """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
-    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), and by its epochs where they vary
-    (e.g. ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
+    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), and by its epochs and its BatchNorm
+    calibration (``bn_batches``) where they vary (e.g. ``self_compression cost=bitops``,
+    ``self_compression eps_bits=0.001``). Runs recorded without a knob
     (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
     names = df.method.astype(object).copy()
     for method, part in df.groupby("method"):
@@ -97,9 +100,11 @@ def series_names(df: pd.DataFrame) -> pd.Series:
             vary = [k for k in vary if not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)
                                                 for d in dicts)]
         epochs = list(part.epochs) if "epochs" in part and part.epochs.nunique() > 1 else None
-        if vary or epochs:
+        bn = list(part.bn_batches) if "bn_batches" in part and part.bn_batches.nunique() > 1 else None
+        if vary or epochs or bn:
             names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in vary),
-                                           *([f"epochs={epochs[i]:g}"] if epochs else [])])
+                                           *([f"epochs={epochs[i]:g}"] if epochs else []),
+                                           *([f"bn_batches={bn[i]:g}"] if bn else [])])
                                  for i, d in enumerate(dicts)]
     return names
 
@@ -122,9 +127,9 @@ def read_speed(out: str | Path) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
-    keys = ["method", "series", "params", "model", "dataset", "data_fingerprint", "epochs"]
-    vals = ["accuracy", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct", "unique_values",
-            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
+    keys = ["method", "series", "params", "model", "dataset", "data_fingerprint", "epochs", "bn_batches"]
+    vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
+            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
             "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs", "method_epochs"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
@@ -156,6 +161,10 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
             "params": varying_params(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
             **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
+            **({"before BN calibration %": ["—" if pd.isna(m) else _pm(m, v, 2) for m, v in
+                                            zip(part.accuracy_before_calibration_mean,
+                                                part.accuracy_before_calibration_std)]}
+               if part.accuracy_before_calibration_mean.notna().any() else {}),
             **({"equal-budget control %": [_pm(m, v, 2) for m, v in zip(part.control_accuracy_mean,
                                                                           part.control_accuracy_std)],
                 "vs control (points)": [_pm(m, v, 2) for m, v in zip(part.vs_control_mean, part.vs_control_std)]}

@@ -1,0 +1,130 @@
+"""Give the finished runs of a results folder that predate BatchNorm calibration their calibrated twins,
+without training again.
+
+Calibration (``benchmarks.harness.calibration``) comes after training and reads only the artifact, so a run
+trained without it holds exactly the artifact a calibrated run of the same spec would calibrate. For each
+such run this writes the twin a grid now names (the same spec with ``bn_batches``): ``model.packed``
+calibrated, ``history.jsonl`` copied, ``result.json`` with the calibrated accuracy, the old one as
+``accuracy_before_calibration`` (checked against the old result: the decoded network must score what it
+did), the training's ``environment`` and budget seconds kept, ``calibrated_from`` naming the old run. The
+old folders then move to ``--stale-to`` (default ``<out>-uncalibrated``), so that the folder's tables hold
+one version of each run; nothing is deleted. Folders without a finished result are left where they are.
+
+    python -m benchmarks.harness.calibrate_runs results/cpu --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from benchmarks.accounting import packing
+from benchmarks.data import DataError, Dataset, load_dataset
+from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
+from benchmarks.harness.rundir import finished, read_result, run_lock, write_json
+from benchmarks.harness.runner import RunSpec, budget, environment
+from methods import get_method
+
+log = logging.getLogger(__name__)
+
+
+def calibrate_run(folder: Path, data: Dataset, bn_batches: int) -> Path:
+    """Write the calibrated twin of the finished, uncalibrated run in ``folder``; returns the twin's folder
+    (its result is reused when it already finished)."""
+    old = finished(folder)
+    if old is None:
+        raise ValueError(f"run {folder.name} has not finished")
+    spec = RunSpec.from_dict(old["spec"])
+    if spec.run_id != folder.name:
+        raise ValueError(f"run {folder.name}'s spec names run {spec.run_id}: written by another scnn-bench version")
+    if spec.bn_batches:
+        raise ValueError(f"run {folder.name} is calibrated already")
+    if spec.data_fingerprint != data.fingerprint:
+        raise DataError(f"run {folder.name} trained on data {spec.data_fingerprint}, not on the data loaded "
+                        f"({data.fingerprint}); pass the --data-dir it was trained with")
+    twin = replace(spec, bn_batches=bn_batches)
+    dest = folder.parent / twin.run_id
+    dest.mkdir(exist_ok=True)
+    with run_lock(dest):
+        if finished(dest) is not None:
+            return dest
+        scored = pack_and_score(packing.load(folder / "model.packed"), dest / "model.packed", data, bn_batches,
+                                twin.train.batch_size, twin.seed)
+        if abs(scored["accuracy_before_calibration"] - old["accuracy"]) > 1e-6:
+            raise ValueError(f"run {folder.name} decodes to {scored['accuracy_before_calibration']:.2f} % "
+                             f"but recorded {old['accuracy']:.2f} %")
+        shutil.copyfile(folder / "history.jsonl", dest / "history.jsonl")
+        config = json.loads((folder / "config.json").read_text())
+        write_json(dest / "config.json", {**config, **twin.as_dict(), "run_id": twin.run_id,
+                                          "calibrated_from": folder.name})
+        method = get_method(spec.method).from_params(**dict(spec.params))
+        was = old.get("budget") or {}
+        result = {**old, **scored, "run_id": twin.run_id, "spec": twin.as_dict(), "calibrated_from": folder.name,
+                  "calibration_environment": environment(),
+                  "budget": budget(twin, method, len(data.train), was.get("float_seconds", 0.0),
+                                   was.get("method_seconds", 0.0))}
+        write_json(dest / "result.json", result)
+    return dest
+
+
+def calibrate_folder(out: Path, data_dir: str | None, bn_batches: int = BN_BATCHES,
+                     stale_to: Path | None = None) -> tuple[int, int]:
+    """Calibrate every finished, uncalibrated run of ``out`` and move it to ``stale_to``; returns (runs
+    calibrated, folders moved)."""
+    stale_to = stale_to or out.with_name(f"{out.name}-uncalibrated")
+    todo, datasets = [], {}
+    for folder in sorted(d for d in out.glob("runs/*") if d.is_dir()):
+        r = read_result(folder, deep=False, warn=False)
+        if r is not None and not r["spec"].get("bn_batches"):
+            todo.append((folder, r))
+    n_done = n_moved = 0
+    for folder, r in tqdm(todo, desc="calibrating", disable=None):
+        if r["status"] == "ok":
+            name = r["spec"]["dataset"]
+            if name not in datasets:
+                datasets[name] = load_dataset(name, data_dir)
+            calibrate_run(folder, datasets[name], bn_batches)
+            n_done += 1
+        target = stale_to / "runs" / folder.name
+        if target.exists():
+            log.warning("%s exists already; %s stays where it is", target, folder)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), str(target))
+        n_moved += 1
+    return n_done, n_moved
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
+    p.add_argument("--bn-batches", type=int, default=BN_BATCHES,
+                   help="training batches of the calibration (default: %(default)s, as a grid's)")
+    p.add_argument("--stale-to", type=Path, help="where the uncalibrated runs move (default: <out>-uncalibrated)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.bn_batches < 1:
+        print(f"error: --bn-batches must be >= 1, got {args.bn_batches}", file=sys.stderr)
+        return 2
+    if not (args.out / "runs").is_dir():
+        print(f"error: {args.out} has no runs/ folder; give a results folder such as results/cpu", file=sys.stderr)
+        return 2
+    try:
+        n_done, n_moved = calibrate_folder(args.out, args.data_dir, args.bn_batches, args.stale_to)
+    except (ValueError, KeyError, TypeError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("%d runs calibrated, %d uncalibrated folders moved; rebuild the tables with "
+             "python -m benchmarks.report.figures --out %s", n_done, n_moved, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import run_all
+from benchmarks.accounting import packing
+from benchmarks.compressed import export_float, to_module
+from benchmarks.data import make_synthetic
+from benchmarks.harness import calibrate_runs
+from benchmarks.harness.calibration import calibrate_batchnorm
+from benchmarks.harness.grid import bind_data, expand
+from benchmarks.harness.presets import get_preset
+from benchmarks.models import topology
+from benchmarks.train import evaluate, reestimate_batchnorm
+from tests.conftest import randomize_bn
+
+
+def norms(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def test_calibration_stores_the_statistics_of_the_decoded_network(small_resnet, tmp_path):
+    spec, model = small_resnet
+    randomize_bn(model)
+    topo = topology(model)
+    node = next(n for n in topo.nodes if n.bn and n.out_space in topo.spaces and len(topo.producers(n.out_space)) == 1)
+    dict(model.named_modules())[node.name].weight.data[0] = 0  # channel 0 is dead: removed with its inputs
+    cm = export_float(model, spec)
+    stored = {k: v.clone() for k, v in cm.others.items()}
+    data = make_synthetic(n_train=512, n_test=64)
+    calibrated = calibrate_batchnorm(cm, data.train, n_batches=3, batch_size=64, seed=1)
+    packing.save(calibrated, tmp_path / "m.packed")
+    got = to_module(packing.load(tmp_path / "m.packed"))
+    want = reestimate_batchnorm(to_module(cm), data.train, n_batches=3, batch_size=64, seed=1).eval()
+    assert norms(got).keys() == norms(want).keys()
+    for name, m in norms(want).items():
+        assert torch.allclose(norms(got)[name].running_mean, m.running_mean, atol=1e-6)
+        assert torch.allclose(norms(got)[name].running_var, m.running_var, atol=1e-6)
+    x = torch.randn(8, 3, 32, 32)
+    assert torch.allclose(got(x), want(x), atol=1e-5)
+    assert all(torch.equal(cm.others[k], v) for k, v in stored.items())  # the input artifact is left as it was
+    key = f"{node.bn}.running_mean"
+    assert calibrated.others[key][0] == stored[key][0]  # the removed channel keeps its (unused) value
+    assert not torch.allclose(calibrated.others[key][1:], stored[key][1:])
+
+
+def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_new_run():
+    plain = expand(get_preset("smoke"), ["float"], [0], {}, bn_batches=0)[0]
+    assert "bn_batches" not in plain.as_dict()
+    calibrated = expand(get_preset("smoke"), ["float"], [0], {})[0]  # the preset's default
+    assert calibrated.bn_batches == get_preset("smoke").bn_batches > 0
+    assert calibrated.as_dict()["bn_batches"] == calibrated.bn_batches and calibrated.run_id != plain.run_id
+
+
+def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch):
+    args = ["--preset", "smoke", "--out", str(tmp_path / "r"), "-q", "--methods", "float"]
+    assert run_all.main([*args, "--bn-batches", "0"]) == 0
+    (old,) = (tmp_path / "r" / "runs").iterdir()
+    before = json.loads((old / "result.json").read_text())
+    assert "bn_batches" not in before["spec"] and "accuracy_before_calibration" not in before
+    assert calibrate_runs.main([str(tmp_path / "r")]) == 0
+    assert [p.name for p in (tmp_path / "r-uncalibrated" / "runs").iterdir()] == [old.name]
+    (run,) = (tmp_path / "r" / "runs").iterdir()
+    r = json.loads((run / "result.json").read_text())
+    assert r["calibrated_from"] == old.name and r["spec"]["bn_batches"] == get_preset("smoke").bn_batches
+    assert r["accuracy_before_calibration"] == before["accuracy"] and r["size"] == before["size"]
+    # the twin is the run a grid with calibration (the default) names: it finds it done
+    assert run.name == bind_data(expand(get_preset("smoke"), ["float"], [0], {}), make_synthetic())[0].run_id
+    monkeypatch.setattr("benchmarks.harness.runner._train_and_measure", lambda *a: pytest.fail("retrained a run"))
+    assert run_all.main(args) == 0
+    df = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert (df.bn_batches == r["spec"]["bn_batches"]).all() and df.accuracy_before_calibration.notna().all()
+    # what is scored is the calibrated packed file, whose statistics are not the trained model's
+    assert evaluate(to_module(packing.load(run / "model.packed")), make_synthetic().test) == r["accuracy"]
+    trained = torch.load(next((tmp_path / "r" / "cache").glob("float-*.pt")), weights_only=True)["state_dict"]
+    stored = packing.load(run / "model.packed").others
+    assert not torch.allclose(stored["conv1.1.running_mean"], trained["conv1.1.running_mean"])
+    assert calibrate_runs.main([str(tmp_path / "nowhere")]) == 2
