@@ -6,6 +6,8 @@
 #   GAMMA=0.03 bash experiments/sc_recipe.sh eps lr   # the same screen at another γ
 # Every self-compression run fine-tunes the cached float model at γ = $GAMMA (0.1) unless its line says otherwise;
 # `baseline` is the cpu grid's point at that γ (the paper's recipe: Adam lr 0.5, eps 1e-8, scheduled).
+# The screens keep the statistics training left (--bn-batches 0), as they were run before BatchNorm calibration
+# existed; experiments/bn_reestimation.py adds the calibrated accuracy of each run to the comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -39,5 +41,5 @@ for name in "${@:-${ORDER[@]}}"; do
   [[ -n "${EXP[$name]+x}" ]] || { echo "unknown experiment $name; known: ${ORDER[*]}" >&2; exit 2; }
   echo "== $name" >&2
   # shellcheck disable=SC2086  # the stored arguments split on purpose
-  "$PY" run_all.py --preset cpu --out "$OUT" --seeds "$SEEDS" ${EXP[$name]}
+  "$PY" run_all.py --preset cpu --out "$OUT" --seeds "$SEEDS" --bn-batches 0 ${EXP[$name]}
 done
