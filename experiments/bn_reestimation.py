@@ -1,8 +1,9 @@
 """How much accuracy do stale BatchNorm statistics cost each finished run of a results folder?
 
 Every run's network is decoded from its ``model.packed`` and scored as stored (which must reproduce the
-run's recorded accuracy), then every BatchNorm's running statistics are re-estimated over training batches
-(``benchmarks.train.reestimate_batchnorm``, weights untouched) and it is scored again. Writes
+run's recorded accuracy), then calibrated as a grid calibrates every artifact since 2026-11-24
+(``benchmarks.harness.calibration.calibrate_batchnorm``: BatchNorm running statistics re-estimated over
+training batches, weights untouched) and scored again: for runs made without calibration (``--bn-batches 0``). Writes
 ``<out>/bn_reestimation.csv``; the run folders are not changed. Rows the file already holds for a run as it
 stands (same id, same recorded accuracy, same number of batches) are kept, not measured again, so that a new
 run costs only its own measurement.
@@ -25,8 +26,9 @@ from tqdm.auto import tqdm
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, load_dataset
+from benchmarks.harness.calibration import calibrate_batchnorm
 from benchmarks.harness.rundir import finished
-from benchmarks.train import evaluate, reestimate_batchnorm
+from benchmarks.train import evaluate
 
 BATCHES = 20  # of 512 augmented training images: ~10k images, a fifth of an epoch
 log = logging.getLogger("bn_reestimation")
@@ -52,12 +54,12 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
         if spec["dataset"] not in datasets:
             datasets[spec["dataset"]] = load_dataset(spec["dataset"], data_dir)
         data = datasets[spec["dataset"]]
-        model = to_module(packing.load(folder / "model.packed"))
-        decoded = evaluate(model, data.test)
+        artifact = packing.load(folder / "model.packed")
+        decoded = evaluate(to_module(artifact), data.test)
         if abs(decoded - r["accuracy"]) > 1e-6:
             log.warning("run %s scores %.2f decoded, %.2f recorded", r["run_id"], decoded, r["accuracy"])
-        reestimate_batchnorm(model, data.train, n_batches, seed=spec["seed"])
-        bn = evaluate(model, data.test)
+        calibrated = calibrate_batchnorm(artifact, data.train, n_batches, spec["train"]["batch_size"], spec["seed"])
+        bn = evaluate(to_module(calibrated), data.test)
         rows.append({"run_id": r["run_id"], "method": spec["method"],
                      "params": json.dumps(spec["params"], sort_keys=True),
                      "seed": spec["seed"], "epochs": spec["train"]["epochs"], "accuracy": r["accuracy"],
