@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from benchmarks.harness.calibration import calibrate_batchnorm
 from benchmarks.harness.grid import bind_data, expand
 from benchmarks.harness.presets import get_preset
 from benchmarks.models import topology
+from benchmarks.report.tables import series_names
 from benchmarks.train import evaluate, reestimate_batchnorm
 from tests.conftest import randomize_bn
 
@@ -22,12 +24,20 @@ def norms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
 
-def test_calibration_stores_the_statistics_of_the_decoded_network(small_resnet, tmp_path):
+@pytest.mark.parametrize("space, dead", [("single", "one"), ("single", "all"), ("residual", "one")])
+def test_calibration_stores_the_statistics_of_the_decoded_network(small_resnet, tmp_path, space, dead):
     spec, model = small_resnet
     randomize_bn(model)
     topo = topology(model)
-    node = next(n for n in topo.nodes if n.bn and n.out_space in topo.spaces and len(topo.producers(n.out_space)) == 1)
-    dict(model.named_modules())[node.name].weight.data[0] = 0  # channel 0 is dead: removed with its inputs
+    node = next(n for n in topo.nodes if n.bn and n.out_space in topo.spaces
+                and (len(topo.producers(n.out_space)) > 1) == (space == "residual"))
+    modules = dict(model.named_modules())
+    width = modules[node.name].weight.shape[0]
+    killed = [0] if dead == "one" else list(range(width))
+    for producer in topo.producers(node.out_space):  # removed only where every producer has it dead
+        modules[producer.name].weight.data[killed] = 0
+    removed = [0] if dead == "one" else list(range(1, width))  # a space keeps one channel
+    kept = [c for c in range(width) if c not in removed]
     cm = export_float(model, spec)
     stored = {k: v.clone() for k, v in cm.others.items()}
     data = make_synthetic(n_train=512, n_test=64)
@@ -43,8 +53,8 @@ def test_calibration_stores_the_statistics_of_the_decoded_network(small_resnet, 
     assert torch.allclose(got(x), want(x), atol=1e-5)
     assert all(torch.equal(cm.others[k], v) for k, v in stored.items())  # the input artifact is left as it was
     key = f"{node.bn}.running_mean"
-    assert calibrated.others[key][0] == stored[key][0]  # the removed channel keeps its (unused) value
-    assert not torch.allclose(calibrated.others[key][1:], stored[key][1:])
+    assert torch.equal(calibrated.others[key][removed], stored[key][removed])  # removed: unused, as stored
+    assert not torch.allclose(calibrated.others[key][kept], stored[key][kept])
 
 
 def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_new_run():
@@ -53,6 +63,10 @@ def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_ne
     calibrated = expand(get_preset("smoke"), ["float"], [0], {})[0]  # the preset's default
     assert calibrated.bn_batches == get_preset("smoke").bn_batches > 0
     assert calibrated.as_dict()["bn_batches"] == calibrated.bn_batches and calibrated.run_id != plain.run_id
+    # a folder holding both: every curve says which it is
+    runs = pd.DataFrame({"method": ["float", "float", "diffq"], "params": ["{}", "{}", '{"lam": 0.1}'],
+                         "knob": [None, None, "lam"], "epochs": [3, 3, 3], "bn_batches": [0, 20, 20]})
+    assert list(series_names(runs)) == ["float bn_batches=0", "float bn_batches=20", "diffq bn_batches=20"]
 
 
 def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch):
@@ -61,7 +75,13 @@ def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch)
     (old,) = (tmp_path / "r" / "runs").iterdir()
     before = json.loads((old / "result.json").read_text())
     assert "bn_batches" not in before["spec"] and "accuracy_before_calibration" not in before
-    assert calibrate_runs.main([str(tmp_path / "r")]) == 0
+    # a run from another scnn-bench version (a schedule field unknown here) is named and stays; the rest goes on
+    other = tmp_path / "r" / "runs" / "0123456789ab"
+    shutil.copytree(old, other)
+    (other / "result.json").write_text(json.dumps({**before, "run_id": other.name, "spec": {
+        **before["spec"], "train": {**before["spec"]["train"], "ema": 0.99}}}))
+    assert calibrate_runs.main([str(tmp_path / "r")]) == 1
+    shutil.rmtree(other)
     assert [p.name for p in (tmp_path / "r-uncalibrated" / "runs").iterdir()] == [old.name]
     (run,) = (tmp_path / "r" / "runs").iterdir()
     r = json.loads((run / "result.json").read_text())

@@ -4,11 +4,12 @@ re-estimated over training batches of the network it decodes to.
 Why: running statistics are an exponential average over the last few hundred training steps, so they
 describe a network that no longer exists when weights move late — bit depths falling at the end of a
 self-compression or DiffQ schedule, channels removed in the last epochs. Measured post hoc on the `cpu` preset
-(``experiments/bn_reestimation.py``; README, "Self-compression recipe"): +0.68 ± 0.25 points for
+(``experiments/bn_reestimation.py``; README, "Self-compression recipe"): +0.73 ± 0.28 points for
 self-compression at γ = 0.1 (3 seeds), +5.2 at γ = 0.3 with lr_bits 0.05, 44 → 82 % for a constant b/e rate,
 +1.15 on average for DiffQ, nothing for weight fixing (±0.06) and −0.06 ± 0.04 for the float control. So it
 runs for every method, controls and the float baseline included, in one way: ``RunSpec.bn_batches``
-augmented training batches of the run's batch size, drawn with the run's seed, weights untouched.
+augmented training batches of the run's batch size, drawn with the run's seed, weights untouched (at most one
+epoch's worth: the smoke preset's 2,048 synthetic images give 16 batches of 128).
 
 It works on the decoded network (``to_module``), not on the training-time modules, so that quantization
 noise (DiffQ) or straight-through estimators play no part: the statistics are those of exactly the network

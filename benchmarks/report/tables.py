@@ -86,11 +86,14 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
 
 def series_names(df: pd.DataFrame) -> pd.Series:
     """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
-    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), and by its epochs and its BatchNorm
-    calibration (``bn_batches``) where they vary (e.g. ``self_compression cost=bitops``,
+    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), by its epochs where they vary, and
+    by its BatchNorm calibration (``bn_batches``) where that varies among all runs (e.g. ``self_compression cost=bitops``,
     ``self_compression eps_bits=0.001``). Runs recorded without a knob
     (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
     names = df.method.astype(object).copy()
+    # calibrated and uncalibrated runs in one folder: every curve says which it is, so that no pairing of
+    # two methods hides that one of them kept its training's BatchNorm statistics
+    bn_varies = "bn_batches" in df and df.bn_batches.nunique() > 1
     for method, part in df.groupby("method"):
         dicts = [json.loads(p) for p in part.params]
         knobs = set(part.knob.dropna()) if "knob" in part else set()
@@ -100,7 +103,7 @@ def series_names(df: pd.DataFrame) -> pd.Series:
             vary = [k for k in vary if not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)
                                                 for d in dicts)]
         epochs = list(part.epochs) if "epochs" in part and part.epochs.nunique() > 1 else None
-        bn = list(part.bn_batches) if "bn_batches" in part and part.bn_batches.nunique() > 1 else None
+        bn = list(part.bn_batches) if bn_varies else None
         if vary or epochs or bn:
             names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in vary),
                                            *([f"epochs={epochs[i]:g}"] if epochs else []),
@@ -159,6 +162,7 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
         part = part.sort_values(["model", "bits_remaining_pct_mean"])  # by number, before formatting
         table = pd.DataFrame({
             "params": varying_params(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
+            **({"BN batches": part.bn_batches} if s.bn_batches.nunique() > 1 else {}),
             **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
             "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
             **({"before BN calibration %": ["—" if pd.isna(m) else _pm(m, v, 2) for m, v in
@@ -219,9 +223,9 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
 def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
     """For every compression method (and variant), the smallest bits and weights remaining (%) whose mean
     accuracy stays within ``points`` of its reference on the same net and data: the mean accuracy of its
-    equal-budget control where the grid has one, else the float model's."""
+    equal-budget control where the grid has one, else the float model's (calibrated alike: ``bn_batches``)."""
     rows = []
-    for _, part in s.groupby(["model", "dataset", "data_fingerprint"]):
+    for _, part in s.groupby(["model", "dataset", "data_fingerprint", "bn_batches"]):
         model = part.model.iloc[0]
         base = part[part.method == "float"]
         if base.empty:
