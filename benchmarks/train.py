@@ -160,10 +160,11 @@ def reestimate_batchnorm(model: nn.Module, split: Split, n_batches: int, batch_s
     model.train()
     gen = torch.Generator().manual_seed(seed)
     channels_last = split.images.device.type == "cpu"
-    for i, (x, _) in enumerate(batches(split, batch_size, gen, train=True, channels_last=channels_last)):
-        if i == n_batches:
-            break
-        model(x)
+    with torch.no_grad():  # the statistics update in the forward pass; no graph is needed
+        for i, (x, _) in enumerate(batches(split, batch_size, gen, train=True, channels_last=channels_last)):
+            if i == n_batches:
+                break
+            model(x)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.train(was)

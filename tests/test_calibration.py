@@ -80,7 +80,8 @@ def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch)
     shutil.copytree(old, other)
     (other / "result.json").write_text(json.dumps({**before, "run_id": other.name, "spec": {
         **before["spec"], "train": {**before["spec"]["train"], "ema": 0.99}}}))
-    assert calibrate_runs.main([str(tmp_path / "r")]) == 1
+    bn = str(get_preset("smoke").bn_batches)
+    assert calibrate_runs.main([str(tmp_path / "r"), "--bn-batches", bn]) == 1
     shutil.rmtree(other)
     assert [p.name for p in (tmp_path / "r-uncalibrated" / "runs").iterdir()] == [old.name]
     (run,) = (tmp_path / "r" / "runs").iterdir()

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--bn-batches", type=int, default=BN_BATCHES,
-                   help="training batches of the calibration (default: %(default)s, as a grid's)")
+                   help="training batches of the calibration: the preset's, so that a grid finds the twins "
+                        "(default: %(default)s, the cpu and paper presets'; smoke: 4)")
     p.add_argument("--stale-to", type=Path, help="where the uncalibrated runs move (default: <out>-uncalibrated)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     args = p.parse_args(argv)
