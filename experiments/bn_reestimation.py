@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--methods", default="self_compression,float_control",
                    help="comma-separated methods whose runs are measured (default: %(default)s)")
-    p.add_argument("--batches", type=int, default=BATCHES, help="training batches, of each run's batch size (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=BATCHES,
+                   help="training batches, of each run's batch size (default: %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.batches < 1:

@@ -49,9 +49,9 @@ def expand(preset: Preset, methods: list[str], seeds: list[int], overrides: dict
            bn_batches: int | None = None) -> list[RunSpec]:
     """Every (method, parameter combination, seed) of the grid, validated before anything trains, each run
     once, every schedule (float model's too) at ``precision``, every artifact calibrated over ``bn_batches``
-    (default: the preset's); ``bind_data`` then names the data set. A method whose class breaks while its grid is built (a buggy
-    plugin) is an error when ``strict``, else it is logged and skipped; a bad parameter value is always a
-    ``ConfigError``."""
+    (default: the preset's); ``bind_data`` then names the data set. A method whose class breaks while its grid
+    is built (a buggy plugin) is an error when ``strict``, else it is logged and skipped; a bad parameter value
+    is always a ``ConfigError``."""
     for m in overrides:
         if m not in methods:
             raise ConfigError(f"--grid names method {m!r}, which is not among the methods run ({', '.join(methods)})")

@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 #: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
 BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
 COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dataset", "data_fingerprint", "epochs",
-           "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct", "bits",
-           "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
+           "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct",
+           "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values",
+           "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
            "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
            "schedule", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
 SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
@@ -87,8 +88,8 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
 def series_names(df: pd.DataFrame) -> pd.Series:
     """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
     method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), by its epochs where they vary, and
-    by its BatchNorm calibration (``bn_batches``) where that varies among all runs (e.g. ``self_compression cost=bitops``,
-    ``self_compression eps_bits=0.001``). Runs recorded without a knob
+    by its BatchNorm calibration (``bn_batches``) where that varies among all runs (e.g.
+    ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
     (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
     names = df.method.astype(object).copy()
     # calibrated and uncalibrated runs in one folder: every curve says which it is, so that no pairing of
@@ -132,8 +133,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
     keys = ["method", "series", "params", "model", "dataset", "data_fingerprint", "epochs", "bn_batches"]
     vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
-            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
-            "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs", "method_epochs"]
+            "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
+            "packed_bytes", "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs",
+            "method_epochs"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
     g = ok.groupby(keys)
@@ -225,6 +227,7 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
     accuracy stays within ``points`` of its reference on the same net and data: the mean accuracy of its
     equal-budget control where the grid has one, else the float model's (calibrated alike: ``bn_batches``)."""
     rows = []
+    s = s if "bn_batches" in s else s.assign(bn_batches=0)  # a summary of runs that predate calibration
     for _, part in s.groupby(["model", "dataset", "data_fingerprint", "bn_batches"]):
         model = part.model.iloc[0]
         base = part[part.method == "float"]
