@@ -26,15 +26,14 @@ from tqdm.auto import tqdm
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, load_dataset
-from benchmarks.harness.calibration import calibrate_batchnorm
+from benchmarks.harness.calibration import BN_BATCHES, calibrate_batchnorm
 from benchmarks.harness.rundir import finished
 from benchmarks.train import evaluate
 
-BATCHES = 20  # of 512 augmented training images: ~10k images, a fifth of an epoch
 log = logging.getLogger("bn_reestimation")
 
 
-def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BATCHES,
+def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BN_BATCHES,
             old: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
     """One row per finished run of ``methods`` in ``out``, and how many of them were measured now: rows of
     ``old`` for a run as it stands (same id, recorded accuracy and ``n_batches``) are kept as they are."""
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--methods", default="self_compression,float_control",
                    help="comma-separated methods whose runs are measured (default: %(default)s)")
-    p.add_argument("--batches", type=int, default=BATCHES,
+    p.add_argument("--batches", type=int, default=BN_BATCHES,
                    help="training batches, of each run's batch size (default: %(default)s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

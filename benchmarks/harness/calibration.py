@@ -1,9 +1,10 @@
 """BatchNorm calibration: before an artifact is packed and scored, its BatchNorm running statistics are
 re-estimated over training batches of the network it decodes to.
 
-Why: running statistics are an exponential average over the last few hundred training steps, so they
-describe a network that no longer exists when weights move late — bit depths falling at the end of a
-self-compression or DiffQ schedule, channels removed in the last epochs. Measured post hoc on the `cpu` preset
+Why: running statistics are an exponential average over recent training steps (momentum 0.1: mostly the
+last ten or so, each through the weights of its own step), so they describe a network that no longer exists
+when weights move late — bit depths falling at the end of a self-compression or DiffQ schedule, channels
+removed in the last epochs. Measured post hoc on the `cpu` preset
 (``experiments/bn_reestimation.py``; README, "Self-compression recipe"): +0.73 ± 0.28 points for
 self-compression at γ = 0.1 (3 seeds), +5.2 at γ = 0.3 with lr_bits 0.05, 44 → 82 % for a constant b/e rate,
 +1.15 on average for DiffQ, nothing for weight fixing (±0.06) and −0.06 ± 0.04 for the float control. So it

@@ -42,7 +42,6 @@ def collect(out: str | Path) -> pd.DataFrame:
         spec = r["spec"]
         size = {OLD_SIZE_NAMES.get(k, k): v for k, v in (r.get("size") or {}).items()}
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-        train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
         budget = r.get("budget") if isinstance(r.get("budget"), dict) else {}
         rows.append({
             "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
