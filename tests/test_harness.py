@@ -311,3 +311,37 @@ def test_figure_styles_give_a_grid_points_seeds_one_colour_and_each_seed_a_line_
     assert lines == ["--", "-", "--", "-.", ":", "-"]
     many = figures._styles([f"γ={i} s0" for i in range(12)])  # past ten points the marker tells them apart
     assert (many[0]["color"], many[0]["marker"]) != (many[10]["color"], many[10]["marker"])
+
+
+def test_recipe_table_reads_each_variant_against_the_same_seeds_baseline_curve_at_its_bits():
+    """Hand example: each seed's baseline curve runs from (3 % bits, a) to (12 %, a + 5), linear in log bits,
+    so at 6 % it reads a + 2.5; the variant scores 85 at 6 % in both seeds: +0.5 against seed 0's curve
+    (a = 82) and −0.5 against seed 1's (a = 83)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "experiments" / "recipe_table.py"
+    spec = importlib.util.spec_from_file_location("recipe_table", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    paper = {"gamma": 0.1, "bits_init": 8.0, "lr_bits": 0.5, "from_float": True, "eps_bits": 1e-8,
+             "bits_schedule": "scheduled", "gamma_warmup": 0.0, "grace": 0.0, "cost": "bits"}
+    runs = []
+    for seed, a in ((0, 82.0), (1, 83.0)):
+        runs += [(f"b{seed}", "self_compression", paper, seed, a, 3.0, 0),
+                 (f"c{seed}", "self_compression", {**paper, "gamma": 0.01}, seed, a + 5, 12.0, 0),
+                 (f"v{seed}", "self_compression", {**paper, "eps_bits": 1e-3}, seed, 85.0, 6.0, 20 * seed),
+                 (f"f{seed}", "float_control", {"like": "self_compression"}, seed, 87.5 + 0.2 * seed, 100.0, 0)]
+    df = pd.DataFrame([{"run_id": r, "method": m, "params": json.dumps(p, sort_keys=True), "seed": s,
+                        "accuracy": acc, "bits_remaining_pct": bits, "weights_remaining_pct": bits * 5,
+                        "bn_batches": bn, "epochs": 8, "schedule": "s8", "status": "ok"}
+                       for r, m, p, s, acc, bits, bn in runs])
+    # seed 0's variant kept its training's statistics (re-estimated after: 85.4); seed 1's was calibrated
+    reestimated = pd.DataFrame({"run_id": ["v0", "v1"], "accuracy": [85.0, 85.0],
+                                "accuracy_bn_reestimated": [85.4, 99.0]})
+    table = recipe.recipe_table(df, reestimated).set_index("experiment")
+    assert list(table.index) == ["baseline", "(a) eps"]  # γ = 0.01 of the paper's recipe is a curve point
+    eps = table.loc["(a) eps"]
+    assert eps["changed"] == "`eps_bits=0.001`" and eps["seeds"] == 2
+    assert eps["against the baseline curve (points)"] == "+0.00 ± 0.71 (2): a tie"
+    assert eps["BN re-estimated (calibrated) %"] == "85.20 ± 0.28"  # 85.4 re-estimated, 85.0 its own
+    assert eps["control (same budget) %"] == "87.60 ± 0.14"
+    assert table.loc["baseline", "bits %"] == "3.00 ± 0.00"
