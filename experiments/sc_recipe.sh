@@ -34,8 +34,9 @@ exp long        $SC --epochs 16
 # the equal-budget float controls of the 8- and 16-epoch fine-tuning
 exp control     --methods float_control --grid float_control.like=self_compression
 exp control-long --methods float_control --grid float_control.like=self_compression --epochs 16
-# from scratch with the fine-tuning's whole budget (the float model's 14 epochs plus 8)
+# from scratch with the fine-tuning's whole budget (the float model's 14 epochs plus 8), and its float control
 exp scratch     --methods self_compression --grid self_compression.gamma=$GAMMA --grid self_compression.from_float=false --epochs 22
+exp scratch-control --methods float_control --grid float_control.like=self_compression --grid float_control.from_float=false --epochs 22
 
 for name in "${@:-${ORDER[@]}}"; do
   [[ -n "${EXP[$name]+x}" ]] || { echo "unknown experiment $name; known: ${ORDER[*]}" >&2; exit 2; }
