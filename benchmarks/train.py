@@ -386,10 +386,23 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, (n_train + batch_size // 2) // batch_size)
 
 
+def state_digest(model: nn.Module) -> str:
+    """A content hash (16 hex digits) of a network's parameters and buffers, BatchNorm's batch counters aside:
+    which float model a run started from. Runs record it because a lost cache entry trained again under the
+    same seed on another CPU gives different weights (seed 2 of the `cpu` net: 86.97% against 87.31%)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not name.endswith("num_batches_tracked"):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,
                 progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """The trained float model for (model, data content, schedule, seed), trained once and then read from
-    the cache. Returns the model (on the data's device) and the cache entry's metadata (history, time).
+    the cache. Returns the model (on the data's device) and the cache entry's metadata (history, time, and
+    ``digest``: ``state_digest`` of the model, computed from the weights, not read from the file).
 
     The entry is trained under a file lock, so concurrent grids wait for one another instead of training
     it twice; an unreadable entry is named in one warning and trained again."""
@@ -407,7 +420,7 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             try:
                 blob = torch.load(path, map_location=device, weights_only=True)
                 model.load_state_dict(blob["state_dict"])
-                return model, blob["meta"]
+                return model, {**blob["meta"], "digest": state_digest(model)}
             except Exception as e:  # torn, foreign, or written for another net
                 log.warning("float-model cache %s is unreadable (%s); training it again", path, _brief(e))
                 path.unlink()
@@ -432,4 +445,4 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
         ckpt.unlink(missing_ok=True)
         hist.unlink(missing_ok=True)
-    return model, meta
+    return model, {**meta, "digest": state_digest(model)}

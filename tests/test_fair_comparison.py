@@ -68,3 +68,18 @@ def test_three_seed_smoke_grid_gives_mean_std_rows_against_the_control(tmp_path,
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert "3" in cells and sum("±" in c for c in cells) >= 4  # n, and mean ± std of accuracy, control, sizes
     assert "equal-budget control" in tables
+
+
+def test_a_control_pairs_with_a_run_only_if_it_started_from_the_same_float_model():
+    """Runs record the float model they fine-tuned (``float_digest``): a control trained from another float
+    model under the same seed (a lost cache trained again elsewhere) is no control; one that predates the
+    record still pairs, as before."""
+    from benchmarks.report.tables import control_accuracy
+
+    df = pd.DataFrame({
+        "method": ["self_compression", "float_control", "diffq", "float_control", "diffq", "float_control"],
+        "schedule": "s", "data_fingerprint": "d", "status": "ok",
+        "seed": [0, 0, 1, 1, 2, 2], "accuracy": [80.0, 88.0, 81.0, 87.0, 82.0, 86.0],
+        "float_digest": ["a", "a", "b", "c", "e", None]})
+    assert control_accuracy(df).tolist()[::2] == [88.0, pytest.approx(float("nan"), nan_ok=True), 86.0]
+    assert control_accuracy(df)[1::2].isna().all()  # a control has no control

@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.data import batches, make_synthetic
 from benchmarks.models import ModelSpec, build_model, describe
-from benchmarks.train import TrainConfig, evaluate, float_model, reestimate_batchnorm, train
+from benchmarks.train import TrainConfig, evaluate, float_model, reestimate_batchnorm, state_digest, train
 from methods import Method, ParamGroup, Phase
 
 CFG = TrainConfig(epochs=2, batch_size=128, lr=0.1)
@@ -87,6 +87,15 @@ def test_float_model_cache_reuses_training(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("float-*.pt"))) == 1 and meta1["key"] == meta2["key"]
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
+    # the digest names the weights: equal for the cached copy, different once a single weight moves
+    assert meta1["digest"] == meta2["digest"] == state_digest(m2) and len(meta1["digest"]) == 16
+    for module in m2.modules():  # BatchNorm's batch counters do not change the function: not part of it
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.num_batches_tracked += 7
+    assert state_digest(m2) == meta1["digest"]
+    with torch.no_grad():
+        next(m2.parameters()).view(-1)[0] += 1e-6
+    assert state_digest(m2) != meta1["digest"]
 
 
 def test_describe_counts_weights_and_macs():

@@ -87,7 +87,7 @@ def _write_twin(folder: Path, old: dict, spec: RunSpec, twin: RunSpec, dest: Pat
         **old, **scored, "run_id": twin.run_id, "spec": twin.as_dict(), "calibrated_from": folder.name,
         "calibration_environment": environment(), "calibration_device": str(data.train.images.device),
         "budget": budget(twin, method, len(data.train), was.get("float_seconds", 0.0),
-                         was.get("method_seconds", 0.0))})
+                         was.get("method_seconds", 0.0), was.get("float_digest"))})
 
 
 def calibrate_folder(out: Path, data_dir: str | None, bn_batches: int = BN_BATCHES, stale_to: Path | None = None,

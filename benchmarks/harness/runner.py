@@ -163,11 +163,13 @@ def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str
     return result
 
 
-def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, method_seconds: float) -> dict:
+def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, method_seconds: float,
+           float_digest: str | None = None) -> dict:
     """The training behind a run's artifact: epochs, optimizer steps and seconds of the float pre-training
-    it starts from and of its own training, and ``schedule``, a hash of that training's shape (phases,
+    it starts from and of its own training; ``schedule``, a hash of that training's shape (phases,
     optimizer settings, float schedule, net and data; not the seed and not the method's own extra
-    parameters) under which the reports pair a method with its equal-budget ``float_control``."""
+    parameters) under which the reports pair a method with its equal-budget ``float_control``; and
+    ``float_digest``, which float model it started from (``train.state_digest``; None from scratch)."""
     phases = method.phases(spec.train.epochs)
     pre = method.needs_float_model
     key = [[asdict(p) for p in phases], asdict(replace(spec.train, seed=0)) if phases else None,
@@ -179,17 +181,18 @@ def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, metho
             "float_steps": spec.float_train.epochs * steps_per_epoch(n_train, spec.float_train.batch_size) if pre else 0,
             "method_steps": own * steps_per_epoch(n_train, spec.train.batch_size),
             "float_seconds": float_seconds, "method_seconds": method_seconds,
-            "schedule": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}
+            "schedule": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12],
+            "float_digest": float_digest if pre else None}
 
 
 def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, progress: bool) -> dict:
     method = get_method(spec.method).from_params(**dict(spec.params))
-    float_seconds = 0.0
+    float_seconds, float_digest = 0.0, None
     checkpoint = folder / "checkpoint.pt"  # an interrupted run resumes after its last finished epoch
     _, elapsed = resume_history(folder / "history.jsonl", checkpoint)
     if method.needs_float_model:
         model, meta = float_model(spec.model, data, spec.float_train, cache, progress)
-        float_seconds = meta["train_seconds"]
+        float_seconds, float_digest = meta["train_seconds"], meta["digest"]
         if not method.phases(spec.train.epochs):  # the float baseline: its history is the float training
             (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in meta["history"]))
     else:
@@ -214,7 +217,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     scored = pack_and_score(method.export(model, spec.model), folder / "model.packed", data, spec.bn_batches,
                             spec.train.batch_size, spec.seed)
     result = {**scored, "train_seconds": method_seconds + float_seconds,
-              "budget": budget(spec, method, len(data.train), float_seconds, method_seconds),
+              "budget": budget(spec, method, len(data.train), float_seconds, method_seconds, float_digest),
               "knob": method.knob,  # which parameter moves a run along its curve (the reports' series)
               "method_metrics": method.epoch_metrics(model)}
     checkpoint.unlink(missing_ok=True)

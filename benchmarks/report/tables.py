@@ -19,7 +19,7 @@ COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dat
            "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values",
            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
            "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
-           "schedule", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
+           "schedule", "float_digest", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
 SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
 SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
              "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
@@ -53,7 +53,7 @@ def collect(out: str | Path) -> pd.DataFrame:
             "error": r.get("error", ""),
             "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
             **{k: size.get(k) for k in SIZE_KEYS}, **{k: budget.get(k) for k in BUDGET_KEYS},
-            "schedule": budget.get("schedule"),
+            "schedule": budget.get("schedule"), "float_digest": budget.get("float_digest"),
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["series"] = series_names(df)
@@ -76,12 +76,19 @@ def own_epochs(result: dict) -> int | None:
 
 def control_accuracy(df: pd.DataFrame) -> pd.Series:
     """Per compression run, the accuracy of its equal-budget control: the ``float_control`` run with the same
-    schedule (``budget.schedule``), seed and data. NaN where there is none (or the run is a control itself)."""
+    schedule (``budget.schedule``), seed and data, and the same float model where both recorded which
+    (``float_digest``; runs before 2026-11-24 did not). NaN where there is none, where every candidate
+    started from another float model, or where the run is a control itself."""
     ok = df[(df.status == "ok") & (df.method == "float_control") & df.schedule.notna()]
-    ref = ok.groupby(["schedule", "seed", "data_fingerprint"]).accuracy.mean()
-    keys = zip(df.schedule, df.seed, df.data_fingerprint)
-    return pd.Series([ref.get(k, float("nan")) if m not in ("float", "float_control") else float("nan")
-                      for k, m in zip(keys, df.method)], index=df.index, dtype=float)
+    controls = {k: g for k, g in ok.groupby(["schedule", "seed", "data_fingerprint"])}
+    out = []
+    for key, digest, method in zip(zip(df.schedule, df.seed, df.data_fingerprint), df.float_digest, df.method):
+        g = controls.get(key)
+        if g is not None and method not in ("float", "float_control") and isinstance(digest, str):
+            g = g[g.float_digest.isna() | (g.float_digest == digest)]
+        out.append(g.accuracy.mean() if g is not None and len(g) and method not in ("float", "float_control")
+                   else float("nan"))
+    return pd.Series(out, index=df.index, dtype=float)
 
 
 def series_names(df: pd.DataFrame) -> pd.Series:
