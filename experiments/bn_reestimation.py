@@ -36,15 +36,17 @@ log = logging.getLogger("bn_reestimation")
 def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int = BN_BATCHES,
             old: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
     """One row per finished run of ``methods`` in ``out``, and how many of them were measured now: rows of
-    ``old`` for a run as it stands (same id, recorded accuracy and ``n_batches``) are kept as they are."""
+    ``old`` for a run as it stands (same id, recorded accuracy and ``n_batches``) are kept as they are, and so
+    are its rows of other methods."""
     runs = [(f, r) for f in sorted(d for d in out.glob("runs/*") if d.is_dir())
             if (r := finished(f)) is not None and r["spec"]["method"] in methods]
     if not runs:
         raise ValueError(f"{out} has no finished run of {', '.join(methods)}")
     current = {(r["run_id"], r["accuracy"]) for _, r in runs}
-    kept = [] if old is None else [row for row in old.to_dict("records") if row["bn_batches"] == n_batches
-                                   and (row["run_id"], row["accuracy"]) in current]
-    done = {(row["run_id"], row["accuracy"]) for row in kept}
+    # rows of other methods stay as they are; those of ``methods`` only while they describe a run as it stands
+    kept = [] if old is None else [row for row in old.to_dict("records") if row["method"] not in methods or (
+        row["bn_batches"] == n_batches and (row["run_id"], row["accuracy"]) in current)]
+    done = {(row["run_id"], row["accuracy"]) for row in kept if row["method"] in methods}
     todo = [(f, r) for f, r in runs if (r["run_id"], r["accuracy"]) not in done]
     datasets = {}
     rows = []

@@ -100,3 +100,23 @@ def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch)
     stored = packing.load(run / "model.packed").others
     assert not torch.allclose(stored["conv1.1.running_mean"], trained["conv1.1.running_mean"])
     assert calibrate_runs.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_bn_reestimation_measures_only_the_methods_asked_for_and_keeps_the_other_rows(tmp_path):
+    """Measuring one method's runs must not drop the rows another method's runs already have in the file."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bn_reestimation.py"
+    spec = importlib.util.spec_from_file_location("bn_reestimation", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert run_all.main(["--preset", "smoke", "--out", str(tmp_path), "-q", "--bn-batches", "0",
+                         "--methods", "float,self_compression", "--grid", "self_compression.gamma=0.3"]) == 0
+    both, n = script.measure(tmp_path, None, ["float", "self_compression"], n_batches=2)
+    assert n == 2 and sorted(both.method) == ["float", "self_compression"]
+    assert (both.accuracy_decoded == both.accuracy).all()  # the decoded file scores what the run recorded
+    again, n = script.measure(tmp_path, None, ["float"], n_batches=2, old=both)
+    assert n == 0 and again.equals(both)  # nothing new to measure, and self-compression's row is kept
+    other, n = script.measure(tmp_path, None, ["float"], n_batches=3, old=both)  # another number of batches
+    assert n == 1 and sorted(other.method) == ["float", "self_compression"]
+    assert other[other.method == "self_compression"].bn_batches.tolist() == [2]
