@@ -83,11 +83,10 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
     controls = {k: g for k, g in ok.groupby(["schedule", "seed", "data_fingerprint"])}
     out = []
     for key, digest, method in zip(zip(df.schedule, df.seed, df.data_fingerprint), df.float_digest, df.method):
-        g = controls.get(key)
-        if g is not None and method not in ("float", "float_control") and isinstance(digest, str):
+        g = controls.get(key) if method not in ("float", "float_control") else None
+        if g is not None and isinstance(digest, str):
             g = g[g.float_digest.isna() | (g.float_digest == digest)]
-        out.append(g.accuracy.mean() if g is not None and len(g) and method not in ("float", "float_control")
-                   else float("nan"))
+        out.append(g.accuracy.mean() if g is not None and len(g) else float("nan"))
     return pd.Series(out, index=df.index, dtype=float)
 
 
