@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.accounting import inspect, packing
+from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import CompressedModel, export_float, to_module
 from benchmarks.models import ModelSpec, build_model

@@ -8,7 +8,6 @@ from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.topology import dead_space_channels, prune_
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
 from methods import ConfigError, get_method
