@@ -22,7 +22,7 @@ import pandas as pd
 
 from benchmarks.harness.presets import get_preset
 from benchmarks.report.paired import interpolate, verdict
-from benchmarks.report.tables import collect
+from benchmarks.report.tables import _pm as plus_minus, collect
 from methods import get_method
 
 METHOD = "self_compression"
@@ -43,7 +43,8 @@ def recipe_table(df: pd.DataFrame, reestimated: pd.DataFrame | None = None) -> p
     base_epochs = get_preset(PRESET).method_train.epochs
     sc = df[df.method == METHOD].copy()
     sc["changed"] = [_changed(json.loads(p), e, base_params, base_epochs) for p, e in zip(sc.params, sc.epochs)]
-    curve = sc[sc.changed.map(lambda c: all(k == "gamma" for k, _ in c))]  # the paper's recipe at every γ: the curve each variant is read against
+    # the paper's recipe at every γ: the curve each variant is read against
+    curve = sc[sc.changed.map(lambda c: all(k == "gamma" for k, _ in c))]
     controls = df[df.method == "float_control"]
     rows = []
     for changed, runs in sc.groupby(sc.changed.map(tuple), sort=False):
@@ -61,8 +62,8 @@ def recipe_table(df: pd.DataFrame, reestimated: pd.DataFrame | None = None) -> p
             "bits %": _pm(runs.bits_remaining_pct, 2), "weights %": _pm(runs.weights_remaining_pct, 1),
             "against the baseline curve (points)": "—" if not keys and gamma == BASE_GAMMA else _against(runs, curve),
             "control (same budget) %": _pm(control, 2) if len(control) else "not run",
+            "order": (list(LABELS).index(keys) if keys in LABELS else len(LABELS), -gamma),
         })
-        rows[-1]["order"] = (list(LABELS).index(keys) if keys in LABELS else len(LABELS), -gamma)
     return pd.DataFrame(rows).sort_values("order").drop(columns="order").reset_index(drop=True)
 
 
@@ -100,10 +101,9 @@ def _against(runs: pd.DataFrame, curve: pd.DataFrame) -> str:
 
 
 def _pm(values: pd.Series, digits: int) -> str:
+    """Mean ± std over the values there are, as ``tables.md`` writes it (the mean alone for one value)."""
     v = values.dropna()
-    if v.empty:
-        return "—"
-    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
+    return "—" if v.empty else plus_minus(v.mean(), v.std(ddof=1), digits)
 
 
 def _signed(x: float) -> str:

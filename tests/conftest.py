@@ -1,4 +1,6 @@
+import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +87,12 @@ def scheme_model(scheme: str, cm: "CompressedModel", seed: int = 0) -> "Compress
             layers.append(LayerCode(L.name, L.kind, shape, L.full_shape, "float", w))
     uses_codebook = any(layer.scheme == "codebook" for layer in layers)
     return CompressedModel(cm.arch, cm.topology, layers, cm.others, CODEBOOK.clone() if uses_codebook else None)
+
+
+def load_experiment(name: str):
+    """The module of ``experiments/<name>.py`` (a script folder, not a package), for testing its functions."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

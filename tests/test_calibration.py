@@ -17,7 +17,7 @@ from benchmarks.harness.presets import get_preset
 from benchmarks.models import topology
 from benchmarks.report.tables import series_names
 from benchmarks.train import evaluate, reestimate_batchnorm
-from tests.conftest import randomize_bn
+from tests.conftest import load_experiment, randomize_bn
 
 
 def norms(model: nn.Module) -> dict[str, nn.Module]:
@@ -104,12 +104,7 @@ def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch)
 
 def test_bn_reestimation_measures_only_the_methods_asked_for_and_keeps_the_other_rows(tmp_path):
     """Measuring one method's runs must not drop the rows another method's runs already have in the file."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bn_reestimation.py"
-    spec = importlib.util.spec_from_file_location("bn_reestimation", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("bn_reestimation")
     assert run_all.main(["--preset", "smoke", "--out", str(tmp_path), "-q", "--bn-batches", "0",
                          "--methods", "float,self_compression", "--grid", "self_compression.gamma=0.3"]) == 0
     both, n = script.measure(tmp_path, None, ["float", "self_compression"], n_batches=2)

@@ -15,6 +15,7 @@ from benchmarks.harness.presets import get_preset
 from benchmarks.report import figures
 
 from methods import ConfigError, Method, register
+from tests.conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,11 +318,7 @@ def test_recipe_table_reads_each_variant_against_the_same_seeds_baseline_curve_a
     """Hand example: each seed's baseline curve runs from (3 % bits, a) to (12 %, a + 5), linear in log bits,
     so at 6 % it reads a + 2.5; the variant scores 85 at 6 % in both seeds: +0.5 against seed 0's curve
     (a = 82) and −0.5 against seed 1's (a = 83)."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "experiments" / "recipe_table.py"
-    spec = importlib.util.spec_from_file_location("recipe_table", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_experiment("recipe_table")
     paper = {"gamma": 0.1, "bits_init": 8.0, "lr_bits": 0.5, "from_float": True, "eps_bits": 1e-8,
              "bits_schedule": "scheduled", "gamma_warmup": 0.0, "grace": 0.0, "cost": "bits"}
     runs = []
