@@ -263,6 +263,31 @@ def test_matched_bits_interpolation_against_a_hand_example():
     assert verdict("a", "b", 2, float("nan"), 1) == "no verdict (1 seed)"
 
 
+def test_matched_sizes_are_also_compared_against_each_methods_own_control():
+    """The hand example above, with b trained on a larger budget: its control scores 91 where a's scores 88.
+    At matched sizes a − b is 2 as before, but against their controls (a − 88) − (b − 91) = 5; the same
+    comparison at matched coded bits (half the bits here) is labelled as such."""
+    from benchmarks.report.paired import paired
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.5), (2, -0.5)):
+        rows += [("a", f"a{bits}", seed, bits, acc + shift, 88.0) for bits, acc in ((2, 80), (4, 84), (8, 88))]
+        rows += [("b", f"b{bits}", seed, bits, acc, 91.0) for bits, acc in ((4, 82), (16, 90))]
+    df = pd.DataFrame(rows, columns=["method", "params", "seed", "bits_remaining_pct", "accuracy", "control_accuracy"])
+    df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    df["series"], df["vs_control"] = df.method, df.accuracy - df.control_accuracy
+    df["coded_bits_pct"] = df.bits_remaining_pct / 2
+    p = paired(df)
+    assert list(p["a − b (points)"]) == pytest.approx([2, 2])
+    assert list(p["a − b against controls"]) == ["5.00 ± 0.50 (3): a"] * 2
+    coded = paired(df, "coded_bits_pct")
+    assert list(coded["coded bits remaining %"]) == [2, 4] and list(coded["a − b (points)"]) == pytest.approx([2, 2])
+    # a run without a control is left out of the controlled comparison, not of the plain one
+    df.loc[df.method == "b", ["control_accuracy", "vs_control"]] = float("nan")
+    p = paired(df)
+    assert list(p["a − b against controls"]) == ["—", "—"] and list(p.seeds) == [3, 3]
+
+
 def test_a_one_point_variant_is_compared_seed_by_seed_at_its_own_size():
     """A variant with one grid point whose seeds land at 2, 4 and 8 bits (mean 4.67) against a curve through
     (2, 80) and (8, 86) in every seed, linear in log2: 80, 83, 86 there, so the seeds differ by 1, 1, 2."""

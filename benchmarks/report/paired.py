@@ -7,6 +7,10 @@ both cover. The difference is taken seed by seed (each seed's curve against the 
 other method, at the size the grid point has in that seed) and summarised as mean ± std over the seeds both
 have; it is called a win only when the mean is more than two standard errors from zero, otherwise a tie (and
 with one seed there is no verdict).
+
+Methods whose training budgets differ (weight fixing's 30 epochs against 8) are also compared against their
+own equal-budget controls: the same seed-wise difference of ``accuracy − control`` (``vs_control``), so that
+extra training a method had is not counted as compression it did better.
 """
 from __future__ import annotations
 
@@ -25,9 +29,15 @@ def interpolate(bits: np.ndarray, accuracy: np.ndarray, at: np.ndarray) -> np.nd
     return np.interp(np.log(np.asarray(at, float)), curve.x, curve.y, left=np.nan, right=np.nan)
 
 
+SIZE_LABELS = {"bits_remaining_pct": "bits remaining %", "coded_bits_pct": "coded bits remaining %"}
+
+
 def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
-    """One row per (net and data, pair of methods, matched size): both accuracies on the mean curves and the
-    seed-wise difference (first method minus second). ``df`` is ``tables.collect``'s run table."""
+    """One row per (net and data, pair of methods, matched ``size``): both accuracies on the mean curves, the
+    seed-wise difference (first method minus second) and, where both methods' runs have equal-budget controls
+    (a ``vs_control`` column), the same difference against those controls. ``df`` is ``tables.collect``'s run
+    table."""
+    controlled = "vs_control" in df
     ok = df[(df.status == "ok") & ~df.method.isin(["float", "float_control"])].dropna(subset=[size, "accuracy"])
     rows = []
     for (model, _), part in ok.groupby(["model", "data_fingerprint"], dropna=False):
@@ -52,20 +62,38 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
             acc_b = interpolate(mean_b[size], mean_b.accuracy, levels)
             by_seed = {s: (A[A.seed == s], B[B.seed == s]) for s in sorted(set(A.seed) & set(B.seed))}
             for i, x in enumerate(levels):
-                d = np.array([_seed_difference(*by_seed[s], size, points[x][s])
-                              for s in by_seed if s in points[x].index])
-                d = d[np.isfinite(d)]
-                mean = float(d.mean()) if len(d) else math.nan
-                std = float(d.std(ddof=1)) if len(d) > 1 else math.nan
-                rows.append({"model": model, "method a": a, "method b": b, "bits remaining %": x,
-                             "accuracy a %": acc_a[i], "accuracy b %": acc_b[i], "a − b (points)": mean,
-                             "std": std, "seeds": len(d), "verdict": verdict(a, b, mean, std, len(d))})
+                seeds = [s for s in by_seed if s in points[x].index]
+                d = _differences(by_seed, seeds, size, points[x], "accuracy")
+                mean, std = _mean_std(d)
+                row = {"model": model, "method a": a, "method b": b, SIZE_LABELS.get(size, size): x,
+                       "accuracy a %": acc_a[i], "accuracy b %": acc_b[i], "a − b (points)": mean,
+                       "std": std, "seeds": len(d), "verdict": verdict(a, b, mean, std, len(d))}
+                if controlled:
+                    dc = _differences(by_seed, seeds, size, points[x], "vs_control")
+                    mc, sc = _mean_std(dc)
+                    row["a − b against controls"] = "—" if not len(dc) else (
+                        f"{mc:.2f}" if len(dc) < 2 else f"{mc:.2f} ± {sc:.2f} ({len(dc)}): {verdict(a, b, mc, sc, len(dc))}")
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _seed_difference(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float) -> float:
-    """One seed's accuracy of curve ``a`` minus curve ``b`` at the size ``at`` (NaN outside either)."""
-    return float(interpolate(a[size], a.accuracy, [at])[0] - interpolate(b[size], b.accuracy, [at])[0])
+def _differences(by_seed: dict, seeds: list, size: str, at: pd.Series, value: str) -> np.ndarray:
+    """Per seed, curve ``a``'s ``value`` minus curve ``b``'s at that seed's matched size; seeds where either
+    curve does not reach it, or a run has no ``value``, are left out."""
+    d = np.array([_seed_difference(*by_seed[s], size, at[s], value) for s in seeds], dtype=float)
+    return d[np.isfinite(d)]
+
+
+def _mean_std(d: np.ndarray) -> tuple[float, float]:
+    return (float(d.mean()) if len(d) else math.nan), (float(d.std(ddof=1)) if len(d) > 1 else math.nan)
+
+
+def _seed_difference(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float, value: str) -> float:
+    """One seed's ``value`` of curve ``a`` minus curve ``b`` at the size ``at`` (NaN outside either)."""
+    a, b = a.dropna(subset=[value]), b.dropna(subset=[value])
+    if a.empty or b.empty:
+        return math.nan
+    return float(interpolate(a[size], a[value], [at])[0] - interpolate(b[size], b[value], [at])[0])
 
 
 def verdict(a: str, b: str, mean: float, std: float, n: int) -> str:

@@ -211,13 +211,17 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                   "else the float model. Sizes and accuracies are means over the point's seeds, with the "
                   "accuracy's std over them.", "",
                   near.to_markdown(index=False), ""]
-    pairs = paired(df)
-    if not pairs.empty:
-        lines += ["## Methods at matched bits remaining", "",
-                  "Each method's accuracy read off its own curve (linear in log bits, never extrapolated) at the grid "
-                  "points of either method inside the range both cover; `a − b` is taken seed by seed and given as "
-                  "mean and std over the seeds both have. A difference within two standard errors of zero is a "
-                  "tie. Rebuilt by `python -m benchmarks.report.figures`.", "",
+    for size, label in (("bits_remaining_pct", "bits remaining"), ("coded_bits_pct", "coded bits remaining")):
+        pairs = paired(df, size)
+        if pairs.empty:
+            continue
+        lines += [f"## Methods at matched {label}", "",
+                  f"Each method's accuracy read off its own curve (linear in log {label}, never extrapolated) at the "
+                  "grid points of either method inside the range both cover; `a − b` is taken seed by seed and given "
+                  "as mean and std over the seeds both have. A difference within two standard errors of zero is a "
+                  "tie. `a − b against controls` is the same for each run's accuracy minus its equal-budget "
+                  "control's, as mean ± std (seeds): verdict; it differs from `a − b` where the two methods trained "
+                  "with different budgets. Rebuilt by `python -m benchmarks.report.figures`.", "",
                   pairs.to_markdown(index=False, floatfmt=".2f"), ""]
     failed = df[df.status != "ok"]
     if not failed.empty:
