@@ -34,6 +34,35 @@ REG_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 # --- candidate centres ---------------------------------------------------------------------------------
 
+CONSTRUCTIONS = ("nearest", "authors")
+
+
+@dataclass(frozen=True)
+class CentreGrid:
+    """Where the candidate centres come from. ``k_min``: the smallest leading power of two, gamma_0 = 2^k_min,
+    below which weights go to zero and only there (this suite's -7; the authors' CIFAR scripts pass 2^-12).
+    ``construction``: ``nearest`` (``centre_values``, this suite's) or ``authors`` (``authors_centre_values``).
+    The method always uses the default; ``python -m methods.wf_cluster --k-min --construction`` measures what
+    the other settings would select."""
+    k_min: int = K_MIN
+    construction: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.construction not in CONSTRUCTIONS:
+            raise ValueError(f"construction must be one of {', '.join(CONSTRUCTIONS)}, got {self.construction!r}")
+
+    @property
+    def gamma0(self) -> float:
+        return 2.0 ** self.k_min
+
+    def values(self, order: int, delta: float, k_max: int) -> tuple[float, ...]:
+        build = centre_values if self.construction == "nearest" else authors_centre_values
+        return build(order, delta, self.k_min, k_max)
+
+
+DEFAULT_GRID = CentreGrid()
+
+
 @functools.lru_cache(maxsize=None)
 def apot_magnitudes(terms: int, k_min: int = K_MIN, k_max: int = 0) -> tuple[float, ...]:
     """Sorted positive sums of at most ``terms`` distinct powers of two (additive powers of two) whose
@@ -81,11 +110,36 @@ def centre_values(order: int, delta: float, k_min: int = K_MIN, k_max: int = 0) 
     return tuple(sorted([-m for m in mags] + [0.0] + list(mags)))
 
 
+@functools.lru_cache(maxsize=256)
+def authors_centre_values(order: int, delta: float, k_min: int = K_MIN, k_max: int = 0) -> tuple[float, ...]:
+    """The candidates of the authors' code (``create_possible_centroids``), for comparison: the geometric grid
+    gamma_0 (1 - delta)^-i below 2^k_max, each point written greedily in additive powers of two, first the
+    power of two nearest in log2, then up to ``order`` times the one nearest to what is left while that is
+    still at least delta of the point; no power below 2^(k_min - order - 1). Unlike ``centre_values``, a
+    higher order replaces the lower one's centres rather than adding to them."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    floor = k_min - order - 1
+
+    def pow2(x: float) -> float:
+        return math.copysign(2.0 ** max(floor, round(math.log2(abs(x)))), x)
+
+    mags, v = set(), 2.0 ** k_min
+    while v < 2.0 ** k_max:
+        c = pow2(v)
+        for _ in range(order):
+            if abs(v - c) >= delta * v:
+                c += pow2(v - c)
+        mags.add(c)
+        v /= 1 - delta
+    return tuple(sorted([-m for m in mags] + [0.0] + list(mags)))
+
+
 def centres(order: int, delta: float, k_max: int = 0, device: torch.device | str = "cpu",
-            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``centre_values`` as a sorted tensor (exact in float32: a leading power of two and at most four more
-    down to 2^-10 of it span 11 bits)."""
-    return torch.tensor(centre_values(order, delta, K_MIN, k_max), device=device, dtype=dtype)
+            dtype: torch.dtype = torch.float32, grid: CentreGrid = DEFAULT_GRID) -> torch.Tensor:
+    """The candidates of ``grid`` as a sorted tensor (exact in float32: a leading power of two and at most
+    four more down to 2^-10 of it span 11 bits; the authors' down to 2^(k_min - order - 1) at most 17)."""
+    return torch.tensor(grid.values(order, delta, k_max), device=device, dtype=dtype)
 
 
 def top_exponent(max_abs: float) -> int:
@@ -106,18 +160,18 @@ def delta_at(delta: float, t: int, rounds: int, schedule: str = "paper") -> floa
 
 # --- selection -----------------------------------------------------------------------------------------
 
-def nearest(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(w: torch.Tensor, c: torch.Tensor, gamma0: float = GAMMA0) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of each weight's centre and its relative distance |w - c| / |w| (float64), in O(N log C).
 
     Weights with |w| < gamma_0 belong to the zero centre, whatever is nearest; their distance is reported
     as |w| / gamma_0 (in [0, 1): the order in which zero takes them, smallest first)."""
     mids = (c[1:] + c[:-1]) / 2
     j = torch.bucketize(w, mids)
-    small = w.abs() < GAMMA0
+    small = w.abs() < gamma0
     zero = int(torch.searchsorted(c, torch.zeros((), dtype=c.dtype, device=c.device)))
     j = torch.where(small, torch.full_like(j, zero), j)
     wd = w.double()
-    rel = torch.where(small, wd.abs() / GAMMA0, (wd - c.double()[j]).abs() / wd.abs().clamp(min=GAMMA0))
+    rel = torch.where(small, wd.abs() / gamma0, (wd - c.double()[j]).abs() / wd.abs().clamp(min=gamma0))
     return j, rel
 
 
@@ -154,7 +208,7 @@ class Selection:
 
 
 def select_by_capacity(w: torch.Tensor, need: int, delta: float, order: int, max_order: int,
-                       k_max: int = 0) -> Selection:
+                       k_max: int = 0, grid: CentreGrid = DEFAULT_GRID) -> Selection:
     """Fix exactly ``need`` of the weights ``w`` (flat, all unfixed) at threshold ``delta``, every centre's
     group in one pass (this suite's first version; ``select_one_at_a_time`` is the authors' greedy).
 
@@ -175,9 +229,9 @@ def select_by_capacity(w: torch.Tensor, need: int, delta: float, order: int, max
     val_parts: list[torch.Tensor] = []
     fb_parts: list[torch.Tensor] = []
     while need > 0:
-        c = centres(order, delta, k_max, dev, w.dtype)
+        c = centres(order, delta, k_max, dev, w.dtype, grid)
         pos = torch.nonzero(free).squeeze(1)
-        j, rel = nearest(w[pos], c)
+        j, rel = nearest(w[pos], c, grid.gamma0)
         zero = int(torch.searchsorted(c, torch.zeros((), dtype=c.dtype, device=dev)))
         perm, rank, cap = group_prefixes(j, rel, delta, zero, len(c))
         if int(cap.sum()) == 0:
@@ -225,7 +279,7 @@ def _prefix_within(rel_sorted: torch.Tensor, delta: float) -> int:
 
 
 def select_one_at_a_time(w: torch.Tensor, need: int, delta: float, order: int, max_order: int,
-                         k_max: int = 0) -> Selection:
+                         k_max: int = 0, grid: CentreGrid = DEFAULT_GRID) -> Selection:
     """Fix exactly ``need`` of the weights ``w`` (flat, all unfixed) one centre at a time, as the authors'
     code does: the centre nearest to the most unfixed weights takes, from all unfixed weights of its sign,
     the longest run by increasing |w - c| / |w| whose mean stays <= delta (capped at what is still needed);
@@ -245,12 +299,12 @@ def select_one_at_a_time(w: torch.Tensor, need: int, delta: float, order: int, m
     dev = w.device
     ws, perm = torch.sort(w)
     free = torch.ones(n, dtype=torch.bool, device=dev)  # over sorted positions
-    small = ws.abs() < GAMMA0
+    small = ws.abs() < grid.gamma0
     idx_parts: list[torch.Tensor] = []
     val_parts: list[torch.Tensor] = []
     fb_parts: list[torch.Tensor] = []
-    c = centres(order, delta, k_max, dev, w.dtype)
-    j, _ = nearest(ws, c)
+    c = centres(order, delta, k_max, dev, w.dtype, grid)
+    j, _ = nearest(ws, c, grid.gamma0)
     counts = torch.bincount(j, minlength=len(c))
     while need > 0:
         a = int(torch.argmax(counts))
@@ -263,12 +317,12 @@ def select_one_at_a_time(w: torch.Tensor, need: int, delta: float, order: int, m
         if len(take) == 0:
             if order < max_order:
                 order += 1
-                c = centres(order, delta, k_max, dev, w.dtype)
-                j, _ = nearest(ws, c)
+                c = centres(order, delta, k_max, dev, w.dtype, grid)
+                j, _ = nearest(ws, c, grid.gamma0)
                 counts = torch.bincount(j[free], minlength=len(c))
                 continue
             left = torch.nonzero(free).squeeze(1)
-            pos, vals = _fallback(left, *nearest(ws[left], c), need, c)
+            pos, vals = _fallback(left, *nearest(ws[left], c, grid.gamma0), need, c)
             idx_parts.append(perm[pos])
             val_parts.append(vals)
             fb_parts.append(torch.ones(need, dtype=torch.bool, device=dev))
@@ -313,11 +367,11 @@ SELECTIONS = {"one_at_a_time": select_one_at_a_time, "by_capacity": select_by_ca
 
 
 def select(selection: str, w: torch.Tensor, need: int, delta: float, order: int, max_order: int,
-           k_max: int = 0) -> Selection:
+           k_max: int = 0, grid: CentreGrid = DEFAULT_GRID) -> Selection:
     """One round of ``selection``, given the order the previous round ended at: the authors' greedy starts
     every round again at order 0, the first version goes on from ``order``."""
     start = 0 if selection == "one_at_a_time" else order
-    return SELECTIONS[selection](w, need, delta, start, max_order, k_max)
+    return SELECTIONS[selection](w, need, delta, start, max_order, k_max, grid)
 
 
 # --- regulariser ---------------------------------------------------------------------------------------
@@ -372,13 +426,14 @@ def softmin_distance(w: torch.Tensor, c: torch.Tensor, tau: float) -> torch.Tens
 
 
 def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int = 3,
-                  schedule: str = "paper") -> dict[str, float]:
+                  schedule: str = "paper", grid: CentreGrid = DEFAULT_GRID) -> dict[str, float]:
     """The ten fixing rounds of ``weight_fixing`` on the flat weights ``w`` without retraining: what the
     selection alone does (time, fallback, distinct values, entropy, mean relative error of the fixed values)."""
     from methods.weight_fixing import SHARES
     from benchmarks.accounting.size import entropy
 
     n, dev = w.numel(), w.device
+    k_max = top_exponent(float(w.abs().max()))  # as the method sets it
     unfixed = torch.arange(n, device=dev)
     value = torch.zeros_like(w)
     order, fixed, seconds, fallback = 0, 0, 0.0, 0
@@ -388,7 +443,7 @@ def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        sel = select(selection, w[unfixed], need, d, order, max_order)
+        sel = select(selection, w[unfixed], need, d, order, max_order, k_max, grid)
         value[unfixed[sel.index]] = sel.value
         keep = torch.ones(len(unfixed), dtype=torch.bool, device=dev)
         keep[sel.index] = False
@@ -422,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--delta", type=float, nargs="+", default=[0.01])
     ap.add_argument("--selection", choices=list(SELECTIONS), nargs="+", default=list(SELECTIONS))
+    ap.add_argument("--k-min", type=int, nargs="+", default=[K_MIN],
+                    help=f"zero threshold and smallest leading power 2^k_min of the centres (default {K_MIN}; "
+                         "the authors' CIFAR scripts: -12)")
+    ap.add_argument("--construction", choices=CONSTRUCTIONS, nargs="+", default=[CONSTRUCTIONS[0]],
+                    help="candidate centres: this suite's (nearest) or the authors' greedy construction")
     a = ap.parse_args(argv)
     if a.packed:
         try:
@@ -433,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         w = torch.randn(a.n, generator=torch.Generator().manual_seed(0)) * 0.02
     w = w.to(a.device)
-    rows = [{"delta": d, "selection": s, **fixing_rounds(w, d, s)} for d in a.delta for s in a.selection]
+    rows = [{"delta": d, "selection": s, "k_min": k, "construction": c,
+             **fixing_rounds(w, d, s, grid=CentreGrid(k, c))}
+            for d in a.delta for s in a.selection for k in a.k_min for c in a.construction]
     print(f"{w.numel()} weights ({a.packed or 'random N(0, 0.02)'}), on {a.device}")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
     return 0

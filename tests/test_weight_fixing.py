@@ -323,3 +323,23 @@ def test_cluster_cli_compares_the_selections(tmp_path, capsys):
     bad.write_bytes(b"not a packed file")
     assert wc.main(["--packed", str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_authors_candidate_construction_hand_traced():
+    """The authors' grid at delta = 0.3 from 2^-2: 0.25, 0.357, 0.510, 0.729 (next 1.04 is past 2^0). Order 0
+    rounds each to its power of two nearest in log2 (0.25, 0.5, 0.5, 1); order 1 then adds the power of two
+    nearest to what is left where that is >= 0.3 of the point: 0.357 → 0.5 − 0.125, 0.729 → 1 − 0.25."""
+    assert list(wc.authors_centre_values(0, 0.3, k_min=-2)) == signed([0.25, 0.5, 1.0])
+    assert list(wc.authors_centre_values(1, 0.3, k_min=-2)) == signed([0.25, 0.375, 0.5, 0.75])
+    grid = wc.CentreGrid(k_min=-2, construction="authors")
+    assert wc.centres(1, 0.3, grid=grid).tolist() == signed([0.25, 0.375, 0.5, 0.75])
+
+
+def test_the_zero_threshold_follows_k_min():
+    """0.005 lies below 2^-7, so this suite's grid sends it to zero; with the authors' 2^-12 it is fixed to
+    the power of two nearest to it, 2^-8 (0.0039), as the most popular centre among the weights."""
+    w = torch.tensor([0.005, 0.0051, 0.0049, 0.3])
+    default = wc.select_one_at_a_time(w, 3, 0.5, 0, 3)
+    assert sorted(default.value.tolist()) == [0.0, 0.0, 0.0]
+    fine = wc.select_one_at_a_time(w, 3, 0.5, 0, 3, grid=wc.CentreGrid(k_min=-12))
+    assert sorted(fine.value.tolist()) == [2.0 ** -8] * 3
