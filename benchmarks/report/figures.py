@@ -55,10 +55,16 @@ def _reference_line(ax: plt.Axes, series: str, model: str, part: pd.DataFrame) -
     return True
 
 
+def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
+    """The legend under the axes, never over the points: curve names with their varying parameters are long."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=7)
+
+
 def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     """Accuracy against ``axis`` remaining: "bits" (fixed-length), "coded_bits" (as stored) or "weights"."""
     x = "coded_bits_pct" if axis == "coded_bits" else f"{axis}_remaining_pct"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for (method, model), part in s.groupby(["series", "model"]):
         if _reference_line(ax, method, model, part):
             continue
@@ -74,7 +80,7 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
         axis, f"{axis} remaining (%)"))
     ax.set_ylabel("test accuracy of the exported model (%)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_below(fig, ax)
     _save(fig, folder, f"accuracy_vs_{axis}")
 
 
@@ -83,7 +89,7 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     s = s[s.infer_speedup_mean.notna()]
     if s.empty:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for (method, model), part in s.groupby(["series", "model"]):
         if _reference_line(ax, method, model, part):
             continue
@@ -93,7 +99,7 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     ax.set_xlabel("inference speed-up over the float net (batch 256, measured, CPU)")
     ax.set_ylabel("test accuracy of the exported model (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_below(fig, ax)
     _save(fig, folder, "accuracy_vs_speedup")
     return True
 
