@@ -367,3 +367,34 @@ def test_recipe_table_reads_each_variant_against_the_same_seeds_baseline_curve_a
     assert eps["BN re-estimated (calibrated) %"] == "85.20 ± 0.28"  # 85.4 re-estimated, 85.0 its own
     assert eps["control (same budget) %"] == "87.60 ± 0.14"
     assert table.loc["baseline", "bits %"] == "3.00 ± 0.00"
+
+
+def test_accuracy_table_names_curves_by_what_they_change_and_pairs_each_point_with_its_control():
+    """Two seeds of self-compression's default curve at γ = 0.1 (83 and 84 against controls of 87.5 and 87.9),
+    one of its cost=bitops variant, and the float model: the default curve is named by the method alone, the
+    variant by what it changes, the control by the schedule it copies; means ± std over the seeds."""
+    table_of = load_experiment("accuracy_table").accuracy_table
+    sc = {"gamma": 0.1, "cost": "bits", "from_float": True}
+    runs = [("self_compression", sc, 0, 83.0, 3.0, "gamma"), ("self_compression", sc, 1, 84.0, 3.2, "gamma"),
+            ("self_compression", {**sc, "cost": "bitops"}, 0, 83.5, 4.8, "gamma"),
+            ("float_control", {"like": "self_compression", "from_float": True}, 0, 87.5, 100.0, None),
+            ("float_control", {"like": "self_compression", "from_float": True}, 1, 87.9, 100.0, None),
+            ("float", {}, 0, 87.2, 100.0, None)]
+    df = pd.DataFrame([{"run_id": f"r{i}", "method": m, "series": m, "params": json.dumps(p, sort_keys=True),
+                        "knob": k, "seed": s, "accuracy": acc, "bits_remaining_pct": bits, "status": "ok",
+                        "model": "n", "dataset": "d", "data_fingerprint": "f", "epochs": 8, "bn_batches": 20,
+                        "schedule": "s", "collapsed_layers": ""} for i, (m, p, s, acc, bits, k) in enumerate(runs)])
+    for col in ("accuracy_before_calibration", "coded_bits_pct", "weights_remaining_pct", "unique_values",
+                "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
+                "macs_remaining_pct", "infer_speedup", "float_epochs", "method_epochs"):
+        df[col] = 1.0
+    control = {0: 87.5, 1: 87.9}
+    df["control_accuracy"] = [control[s] if m == "self_compression" else float("nan") for m, s in zip(df.method, df.seed)]
+    df["vs_control"] = df.accuracy - df.control_accuracy
+    t = table_of(df)
+    assert list(t.method) == ["float", "float_control (like=self_compression)", "self_compression",
+                              "self_compression (cost=bitops)"]
+    row = t.iloc[2]
+    assert (row.knob, row.seeds, row["accuracy %"]) == ("gamma=0.1", 2, "83.50 ± 0.71")
+    assert row["equal-budget control %"] == "87.70 ± 0.28" and row["vs control (points)"] == "−4.20 ± 0.42"  # −4.5 and −3.9
+    assert t.iloc[3]["vs control (points)"] == "−4.00" and t.iloc[1]["equal-budget control %"] == "—"
