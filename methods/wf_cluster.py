@@ -34,9 +34,6 @@ REG_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 # --- candidate centres ---------------------------------------------------------------------------------
 
-CONSTRUCTIONS = ("nearest", "authors")
-
-
 @dataclass(frozen=True)
 class CentreGrid:
     """Where the candidate centres come from. ``k_min``: the smallest leading power of two, gamma_0 = 2^k_min,
@@ -56,11 +53,7 @@ class CentreGrid:
         return 2.0 ** self.k_min
 
     def values(self, order: int, delta: float, k_max: int) -> tuple[float, ...]:
-        build = centre_values if self.construction == "nearest" else authors_centre_values
-        return build(order, delta, self.k_min, k_max)
-
-
-DEFAULT_GRID = CentreGrid()
+        return CONSTRUCTIONS[self.construction](order, delta, self.k_min, k_max)
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,6 +126,11 @@ def authors_centre_values(order: int, delta: float, k_min: int = K_MIN, k_max: i
         mags.add(c)
         v /= 1 - delta
     return tuple(sorted([-m for m in mags] + [0.0] + list(mags)))
+
+
+#: the candidate constructions a ``CentreGrid`` can use, by name
+CONSTRUCTIONS = {"nearest": centre_values, "authors": authors_centre_values}
+DEFAULT_GRID = CentreGrid()
 
 
 def centres(order: int, delta: float, k_max: int = 0, device: torch.device | str = "cpu",
@@ -480,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-min", type=int, nargs="+", default=[K_MIN],
                     help=f"zero threshold and smallest leading power 2^k_min of the centres (default {K_MIN}; "
                          "the authors' CIFAR scripts: -12)")
-    ap.add_argument("--construction", choices=CONSTRUCTIONS, nargs="+", default=[CONSTRUCTIONS[0]],
+    ap.add_argument("--construction", choices=list(CONSTRUCTIONS), nargs="+", default=["nearest"],
                     help="candidate centres: this suite's (nearest) or the authors' greedy construction")
     a = ap.parse_args(argv)
     if a.packed:
