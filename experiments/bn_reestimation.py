@@ -72,7 +72,7 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/sc-recipe)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--methods", default="self_compression,float_control",

@@ -16,7 +16,7 @@ from benchmarks.accounting.size import size_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.inspect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("file", type=Path, help="a model.packed file (e.g. results/cpu/runs/<id>/model.packed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     args = p.parse_args(argv)

@@ -49,7 +49,7 @@ def repack(folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.repack", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.repack", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--into", type=Path, help="copy the finished runs there first and rewrite the copy instead")
     args = p.parse_args(argv)

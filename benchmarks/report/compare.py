@@ -39,7 +39,7 @@ def compare(reference: str | Path, reproduction: str | Path) -> tuple[pd.DataFra
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("reference", type=Path, help="results folder with the stored reference runs (e.g. results/cpu)")
     p.add_argument("reproduction", type=Path, help="results folder of the reproduction (e.g. repro/cpu)")
     p.add_argument("--csv", type=Path, help="also write the comparison to this CSV file")

@@ -126,7 +126,7 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is kept (default 5)")
     p.add_argument("--seconds", type=float, default=MIN_SECONDS,

@@ -102,7 +102,7 @@ def measure(methods: list[str], preset: str, precision: str, device: torch.devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.step_speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.step_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="folder to write step_speed.csv into (e.g. results/cpu)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="net and batch size (default: cpu)")
     p.add_argument("--methods", help="comma-separated methods (default: every registered one)")
