@@ -3,6 +3,7 @@
 
     python run_all.py                       # preset `paper` on a GPU, `cpu` otherwise, into results/<preset>/
     python run_all.py --preset smoke        # synthetic data, every method, in about 15 s
+    python run_all.py --preset cpu --model resnet9x0.5 --out results/scale   # the cpu recipe at half width
     python run_all.py --methods float,self_compression --grid self_compression.gamma=0.01,0.1
     python run_all.py --describe self_compression   # its parameters, defaults and default grids
 
@@ -28,9 +29,11 @@ from benchmarks.harness import executors
 from benchmarks.harness.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
 from benchmarks.harness.presets import PRESETS, get_preset
 from benchmarks.harness.rundir import read_result
+from benchmarks.models import model_label, parse_model
 from benchmarks.harness.runner import forget
 from benchmarks.report.figures import build_all
-from benchmarks.train import float_cache_path, pick_device, resolve_precision
+from benchmarks.device import pick_device, resolve_precision
+from benchmarks.train import float_cache_path
 from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
 
@@ -46,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="override every compression method's epochs")
     p.add_argument("--grid", action="append", default=[], metavar="METHOD.PARAM=V1,V2",
                    help="override one parameter's grid values (repeatable)")
+    p.add_argument("--model", metavar="NAME[xWIDTH]",
+                   help="the network, overriding the preset's, e.g. resnet9x0.5 (part of each run id and float-model "
+                        "cache key; default: the preset's, resnet9x0.25 for cpu, resnet9x1.0 for paper)")
     p.add_argument("--dataset", choices=["cifar10", "synthetic"], help="override the preset's data set")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -93,6 +99,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(str(e.args[0])) from None
     if args.dataset:
         preset = replace(preset, dataset=args.dataset)
+    if args.model is not None:
+        try:
+            preset = replace(preset, model=parse_model(args.model))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     methods = args.methods.split(",") if args.methods else available_methods()
     seeds = [_int(s, "--seeds") for s in args.seeds.split(",")] if args.seeds is not None else list(preset.seeds)
     if args.epochs is not None and args.epochs < 1:
@@ -126,8 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         _forget(specs, out)
     done = sum((r := read_result(out / "runs" / s.run_id, warn=False)) is not None and r["status"] == "ok"
                for s in specs)
-    log.info("preset %s, data %s (fingerprint %s), %s: %d runs into %s", preset.name, data.name,
-             data.fingerprint, precision, len(specs), out)
+    log.info("preset %s, %s, data %s (fingerprint %s), %s: %d runs into %s", preset.name,
+             model_label(preset.model), data.name, data.fingerprint, precision, len(specs), out)
     if done:
         log.info("%d of %d runs already have results in %s and are reused, not retrained (pass --rerun to train "
                  "them again, or --out a fresh folder and compare with `python -m benchmarks.report.compare %s NEW`)",

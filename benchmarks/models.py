@@ -98,6 +98,30 @@ class TinyCNN(nn.Module):
 
 
 MODELS = {"resnet9": ResNet9, "tinycnn": TinyCNN}
+MAX_WIDTH = 4.0  # ResNet-9 at 4× width has 105 M weights: beyond that no preset's schedule is meant to go
+
+
+def parse_model(text: str) -> ModelSpec:
+    """A network named on the command line: ``resnet9`` (width 1.0) or ``<name>x<width>``, e.g.
+    ``resnet9x0.5``; ``ValueError`` with the fix when the name or width is not one this suite builds."""
+    text = text.strip()
+    name, sep, width = (text, "", "") if text in MODELS else text.rpartition("x")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {text!r}; write <name> or <name>x<width> with a name among "
+                         f"{', '.join(sorted(MODELS))} (e.g. resnet9x0.5)")
+    try:
+        w = float(width) if sep else 1.0
+    except ValueError:
+        raise ValueError(f"model {text!r} has width {width!r}, not a number; write e.g. {name}x0.5") from None
+    if not 0 < w <= MAX_WIDTH:  # NaN fails this too
+        raise ValueError(f"model {text!r}: width must be in (0, {MAX_WIDTH:g}], got {width}")
+    return ModelSpec(name, w)
+
+
+def model_label(spec: ModelSpec) -> str:
+    """``<name>x<width>`` (``resnet9x0.5``, ``resnet9x1.0``): the form ``parse_model`` reads and the tables'
+    ``model`` column shows."""
+    return f"{spec.name}x{float(spec.width)}"
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
+from benchmarks.device import PRECISIONS
 from benchmarks.harness.rundir import RunFileError, read_history, replacing
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.topology import fit_shapes_
@@ -46,62 +47,11 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 class NonFiniteLoss(RuntimeError):
     pass
 
 
 CHECK_EVERY = 25  # steps between the host's looks at the running loss (NaN check, progress bar)
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """The training device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if not name or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use --device auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
-                         f"use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use --device auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA device with bf16, or a CPU with
-    AVX512-BF16 or AMX (read from /proc/cpuinfo; elsewhere assumed not). Emulated bf16 is far slower than
-    fp32 (0.2 against 100 GFLOP/s measured on an AVX2-only EPYC), so ``auto`` never picks it."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    try:
-        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-                 for f in line.split(":", 1)[1].split()}
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-#: whether ``auto`` may pick bf16 on native hardware: only once the float model and a self-compression point,
-#: 3 seeds each, show bf16 and fp32 accuracies differing by less than the larger std (not yet measured: the
-#: README's "Precision" paragraph)
-AUTO_PICKS_BF16 = False
-
-
-def resolve_precision(choice: str, device: torch.device) -> str:
-    """``auto`` → bf16 where the device runs it natively and the evidence allows it (``AUTO_PICKS_BF16``),
-    else fp32; ``fp32`` and ``bf16`` as given."""
-    if choice == "auto":
-        return "bf16" if AUTO_PICKS_BF16 and native_bf16(device) else "fp32"
-    if choice not in PRECISIONS:
-        raise ValueError(f"unknown precision {choice!r}; use --precision auto, fp32 or bf16")
-    if choice == "bf16" and not native_bf16(device):
-        log.warning("bf16 is emulated on %s here: training will be far slower than in fp32", device)
-    return choice
 
 
 def seed_everything(seed: int) -> torch.Generator:

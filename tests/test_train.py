@@ -133,19 +133,28 @@ def test_precision_reaches_every_schedule_and_the_run_id():
         TrainConfig(precision="fp16")
 
 
-def test_auto_precision_picks_bf16_only_on_native_hardware(monkeypatch):
-    from benchmarks import train as train_mod
+@pytest.mark.parametrize("flags, evidence, expected", [
+    ([], False, "fp32"),                              # AVX2-only host, no evidence
+    ([], True, "fp32"),                               # evidence, but bf16 would be emulated: never
+    (["avx512_bf16"], False, "fp32"),                 # native, but no evidence yet
+    (["avx512_bf16"], True, "bf16"),                  # AVX512-BF16 EPYC with the evidence
+    (["amx_bf16"], True, "bf16"),                     # Xeon with AMX
+    (["amx_bf16", "avx512_bf16", "avx2"], True, "bf16"),
+    (["avx2", "avx512f"], True, "fp32"),              # AVX512 without its bf16 extension
+])
+def test_auto_precision_from_host_flags_and_evidence(flags, evidence, expected):
+    from benchmarks.device import resolve_precision
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
-    assert train_mod.resolve_precision("auto", cpu) == "fp32"
-    assert train_mod.resolve_precision("bf16", cpu) == "bf16"  # asked for: given, with a warning
-    monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
-    assert train_mod.resolve_precision("auto", cpu) == "fp32"  # until the 3-seed evidence allows it
-    monkeypatch.setattr(train_mod, "AUTO_PICKS_BF16", True)
-    assert train_mod.resolve_precision("auto", cpu) == "bf16"
-    assert train_mod.resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu, evidence=evidence, cpu_flags=flags) == expected
+    # an explicit choice is taken as given, whatever the host (emulated bf16 only warns)
+    assert resolve_precision("fp32", cpu, evidence=evidence, cpu_flags=flags) == "fp32"
+    assert resolve_precision("bf16", cpu, evidence=evidence, cpu_flags=flags) == "bf16"
+
+
+def test_unknown_precision_is_refused():
+    from benchmarks.device import resolve_precision
     with pytest.raises(ValueError, match="--precision"):
-        train_mod.resolve_precision("half", cpu)
+        resolve_precision("half", torch.device("cpu"))
 
 
 def test_bf16_forward_agrees_with_fp32_and_a_bf16_step_trains():
@@ -194,3 +203,43 @@ def test_batchnorm_reestimation_averages_the_training_batches_and_leaves_weights
     assert torch.allclose(bn.running_var, want_var, atol=1e-4)
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in weights.items())
+
+
+def test_auto_precision_flag_follows_the_committed_evidence():
+    """``AUTO_PICKS_BF16`` is what the rule gives on the committed bf16 and fp32 runs (no evidence: False)."""
+    from pathlib import Path
+
+    from benchmarks import device
+    from benchmarks.report.tables import collect
+    from tests.conftest import load_experiment
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    if not (root / "cpu-bf16" / "runs").is_dir():
+        assert device.AUTO_PICKS_BF16 is False
+        return
+    pt = load_experiment("precision_table")
+    assert device.AUTO_PICKS_BF16 is pt.bf16_allowed(pt.precision_table(collect(root / "cpu"), collect(root / "cpu-bf16")))
+
+
+def test_precision_rule_against_a_hand_example():
+    import pandas as pd
+
+    from tests.conftest import load_experiment
+    pt = load_experiment("precision_table")
+
+    def runs(precision, accs):
+        return pd.DataFrame([{"method": m, "series": m, "params": "{}", "model": "resnet9x0.25", "dataset": "c",
+                              "data_fingerprint": "d", "bn_batches": 20, "seed": i, "accuracy": a,
+                              "status": "ok", "precision": precision}
+                             for m, seeds in accs.items() for i, a in enumerate(seeds)])
+
+    fp32 = runs("fp32", {"float": [87.0, 87.4, 86.8], "self_compression": [83.0, 83.6, 83.3]})
+    close = runs("bf16", {"float": [87.1, 86.9, 87.0], "self_compression": [83.2, 83.4, 83.0]})
+    table = pt.precision_table(fp32, close)
+    assert list(table.seeds) == [3, 3] and pt.bf16_allowed(table)
+    # float: means 87.07 vs 86.0, larger std 0.31: outside
+    far = runs("bf16", {"float": [86.0, 86.2, 85.8], "self_compression": [83.2, 83.4, 83.0]})
+    assert not pt.bf16_allowed(pt.precision_table(fp32, far))
+    # two seeds are not evidence
+    two = runs("bf16", {"float": [87.1, 86.9], "self_compression": [83.2, 83.4]})
+    assert not pt.bf16_allowed(pt.precision_table(fp32, two))

@@ -33,7 +33,7 @@ from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
 from benchmarks.harness.rundir import finished, read_result, run_lock, write_json
 from benchmarks.harness.runner import RunSpec, budget, environment
-from benchmarks.train import pick_device
+from benchmarks.device import pick_device
 from methods import get_method
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,12 @@ from filelock import Timeout
 
 from benchmarks.accounting.size import size_report
 from benchmarks.data import DataError, Dataset, load_dataset
+from benchmarks.device import host, pick_device
 from benchmarks.harness.calibration import pack_and_score
 from benchmarks.harness.rundir import finished, run_lock, write_json
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.timing.step_speed import float_step_seconds
-from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, pick_device, resume_history,
+from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, resume_history,
                               seed_everything, steps_per_epoch, train)
 from methods import get_method
 
@@ -71,7 +72,8 @@ class RunSpec:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def environment() -> dict[str, str]:
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    """Library versions, the code's commit and ``host``: where the run was made."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip()
@@ -79,7 +81,8 @@ def environment() -> dict[str, str]:
         commit = ""
     import numpy, pandas
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "pandas": pandas.__version__, "platform": platform.platform(), "git_commit": commit or "unknown"}
+            "pandas": pandas.__version__, "platform": platform.platform(), "git_commit": commit or "unknown",
+            "host": host(device)}
 
 
 def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, device: str | None = None,
@@ -108,7 +111,7 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
 def _execute_locked(spec: RunSpec, out: str | os.PathLike, folder: Path, data_dir: str | None, device: str | None,
                     data: Dataset | None, progress: bool) -> dict:
     dev = pick_device(device)
-    env = environment()
+    env = environment(dev)
     write_json(folder / "config.json", {"run_id": spec.run_id, **spec.as_dict(), "device": str(dev),
                                          "environment": env})
     log.info("run %s: training %s %s, seed %d", spec.run_id, spec.method, dict(spec.params), spec.seed)

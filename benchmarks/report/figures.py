@@ -117,15 +117,21 @@ def _runs(out: Path, method: str) -> list[dict]:
 
 def _labels(results: list[dict], knob: str) -> list[str]:
     """A legend label per run of one method: its ``knob`` (γ, δ), its curve as the tables name it
-    (``tables.series_names``: the other parameters, epochs and calibration that vary), and the seed."""
+    (``tables.series_names``: the other parameters, epochs, calibration and precision that vary), its network
+    where the runs have several, and the seed."""
+    models = [f"{(r['spec'].get('model') or {}).get('name')}x{(r['spec'].get('model') or {}).get('width')}"
+              for r in results]
     runs = pd.DataFrame({"method": [r["spec"]["method"] for r in results],
                          "params": [json.dumps(r["spec"]["params"], sort_keys=True) for r in results],
                          "knob": knob, "epochs": [own_epochs(r) for r in results],
-                         "bn_batches": [r["spec"].get("bn_batches", 0) for r in results]})
+                         "bn_batches": [r["spec"].get("bn_batches", 0) for r in results],
+                         "precision": [(r["spec"].get("train") or {}).get("precision", "fp32") for r in results]})
     curves = [c.removeprefix(m).strip() for c, m in zip(series_names(runs), runs.method)] if results else []
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
-    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", c, f"s{r['spec'].get('seed')}"]))
-            for r, c in zip(results, curves)]
+    several = len(set(models)) > 1
+    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", c, model if several else "",
+                                   f"s{r['spec'].get('seed')}"]))
+            for r, c, model in zip(results, curves, models)]
 
 
 def _styles(labels: list[str]) -> list[dict]:

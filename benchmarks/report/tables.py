@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 #: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
 BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
-COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "dataset", "data_fingerprint", "epochs",
+COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "precision", "dataset", "data_fingerprint", "epochs",
            "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct",
            "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values",
            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
@@ -43,9 +43,11 @@ def collect(out: str | Path) -> pd.DataFrame:
         size = {OLD_SIZE_NAMES.get(k, k): v for k, v in (r.get("size") or {}).items()}
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
         budget = r.get("budget") if isinstance(r.get("budget"), dict) else {}
+        train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
         rows.append({
             "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
             "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
+            "precision": train.get("precision", "fp32"),
             "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
             "epochs": own_epochs(r), "knob": r.get("knob"),
             "accuracy": r.get("accuracy"), "accuracy_before_calibration": r.get("accuracy_before_calibration"),
@@ -93,13 +95,14 @@ def control_accuracy(df: pd.DataFrame) -> pd.Series:
 def series_names(df: pd.DataFrame) -> pd.Series:
     """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
     method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), by its epochs where they vary, and
-    by its BatchNorm calibration (``bn_batches``) where that varies among all runs (e.g.
-    ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
+    by its BatchNorm calibration (``bn_batches``) and its training arithmetic (``precision``) where either varies
+    among all runs (e.g. ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
     (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
     names = df.method.astype(object).copy()
     # calibrated and uncalibrated runs in one folder: every curve says which it is, so that no pairing of
     # two methods hides that one of them kept its training's BatchNorm statistics
     bn_varies = "bn_batches" in df and df.bn_batches.nunique() > 1
+    precision_varies = "precision" in df and df.precision.nunique() > 1
     for method, part in df.groupby("method"):
         dicts = [json.loads(p) for p in part.params]
         knobs = set(part.knob.dropna()) if "knob" in part else set()
@@ -110,10 +113,12 @@ def series_names(df: pd.DataFrame) -> pd.Series:
                                                 for d in dicts)]
         epochs = list(part.epochs) if "epochs" in part and part.epochs.nunique() > 1 else None
         bn = list(part.bn_batches) if bn_varies else None
-        if vary or epochs or bn:
+        arithmetic = list(part.precision) if precision_varies else None
+        if vary or epochs or bn or arithmetic:
             names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in vary),
                                            *([f"epochs={epochs[i]:g}"] if epochs else []),
-                                           *([f"bn_batches={bn[i]:g}"] if bn else [])])
+                                           *([f"bn_batches={bn[i]:g}"] if bn else []),
+                                           *([f"precision={arithmetic[i]}"] if arithmetic else [])])
                                  for i, d in enumerate(dicts)]
     return names
 
@@ -136,7 +141,8 @@ def read_speed(out: str | Path) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
-    keys = ["method", "series", "params", "model", "dataset", "data_fingerprint", "epochs", "bn_batches"]
+    ok = ok if "precision" in ok else ok.assign(precision="fp32")  # a hand-built frame without the column
+    keys = ["method", "series", "params", "model", "precision", "dataset", "data_fingerprint", "epochs", "bn_batches"]
     vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
             "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
             "packed_bytes", "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs",
@@ -237,7 +243,8 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
     equal-budget control where the grid has one, else the float model's (calibrated alike: ``bn_batches``)."""
     rows = []
     s = s if "bn_batches" in s else s.assign(bn_batches=0)  # a summary of runs that predate calibration
-    for _, part in s.groupby(["model", "dataset", "data_fingerprint", "bn_batches"]):
+    s = s if "precision" in s else s.assign(precision="fp32")
+    for _, part in s.groupby(["model", "precision", "dataset", "data_fingerprint", "bn_batches"]):
         model = part.model.iloc[0]
         base = part[part.method == "float"]
         if base.empty:

@@ -26,8 +26,8 @@ import torch
 from benchmarks.harness.presets import PRESETS, get_preset
 from benchmarks.harness.rundir import replacing
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.train import (TrainConfig, build_optimizers, pick_device, resolve_precision, seed_everything,
-                              train_step)
+from benchmarks.device import pick_device, resolve_precision
+from benchmarks.train import TrainConfig, build_optimizers, seed_everything, train_step
 from methods import available_methods, get_method
 from methods.base import Method
 
