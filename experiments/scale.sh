@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 28's study: the `cpu` preset's recipe (float 14 epochs; every method fine-tunes it for 8; the 8-epoch
+# equal-budget control) at wider ResNet-9s, into results/scale/ (width 0.25 is results/cpu's grid). Resumable:
+# a rerun skips finished runs, so it can be stopped at any time and started again in a later session.
+#   bash experiments/scale.sh                  # every step, in the order below (seed 0 of each width first)
+#   bash experiments/scale.sh half-s0 full-s0  # the named steps, in the order given
+#   PRECISION=fp32 bash experiments/scale.sh   # another arithmetic (another run id: a separate set of runs)
+# Steps, in order: half-s0 (width 0.5, seed 0), half-s12 (width 0.5, seeds 1, 2), full-s0 (width 1.0, seed 0;
+# on a GPU run it first). FULL_GAMMAS sets width 1.0's two points: the γ that lands near 3% of the bits and the
+# near-lossless one, as the width-0.5 curve places them (default 0.1,0.01).
+# bf16 by default: on a host with native bf16 it trained the `cpu` net as accurately as fp32
+# (experiments/precision_table.py); on an AVX2-only host it is emulated and useless, so run there only with
+# PRECISION=fp32, which starts a separate set of runs. After each step the report is rebuilt:
+#   python -m benchmarks.report.scale results/cpu results/scale --dest results/scale
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export SCNN_DATA=${SCNN_DATA:-../shared/data}
+OUT=${OUT:-results/scale}
+PRECISION=${PRECISION:-bf16}
+
+declare -A STEP
+ORDER=()
+step() { ORDER+=("$1"); STEP[$1]="${*:2}"; }
+# the control first: it is what every point is read against
+HALF="--methods float,float_control,self_compression,diffq --grid float_control.like=self_compression
+      --grid self_compression.gamma=0.1,0.03,0.01 --grid diffq.lam=0.3,0.03"
+FULL="--methods float,float_control,self_compression --grid float_control.like=self_compression
+      --grid self_compression.gamma=${FULL_GAMMAS:-0.1,0.01}"
+
+step half-s0  --model resnet9x0.5 --seeds 0 $HALF
+step half-s12 --model resnet9x0.5 --seeds 1,2 $HALF
+step full-s0  --model resnet9x1.0 --seeds 0 $FULL
+
+for name in "${@:-${ORDER[@]}}"; do
+  [[ -n "${STEP[$name]+x}" ]] || { echo "unknown step $name; known: ${ORDER[*]}" >&2; exit 2; }
+  echo "== $name" >&2
+  # shellcheck disable=SC2086  # the stored arguments split on purpose
+  "$PY" run_all.py --preset cpu --out "$OUT" --precision "$PRECISION" ${STEP[$name]}
+  "$PY" -m benchmarks.report.scale results/cpu "$OUT" --dest "$OUT"
+done
