@@ -163,7 +163,7 @@ def scale_figure(table: pd.DataFrame, folder: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(list(millions) + [PAPER["weights_total"] / 1e6],
                       [f"{m:.2f} M\n{model.split('x')[-1]}×, {p}" for m, model, p in
-                       zip(millions, table.model, table.precision)] + ["\n\npaper"])
+                       zip(millions, table.model, table.precision)] + [f"{PAPER['weights_total'] / 1e6:.2f} M\nthe paper"])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         _log_axis(ax.yaxis)
         ax.set_xlabel("network size (weights; ResNet-9 width, training arithmetic)")
