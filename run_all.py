@@ -7,7 +7,8 @@
     python run_all.py --methods float,self_compression --grid self_compression.gamma=0.01,0.1
     python run_all.py --describe self_compression   # its parameters, defaults and default grids
 
-Finished runs in the output folder are reused (the log says how many); --rerun trains them again, and
+Finished runs in the output folder are reused (the log says how many); --rerun trains them again (each old
+result stays until its new one is complete; the float models are kept unless --retrain-float), and
 `python -m benchmarks.report.compare REF OUT` compares a reproduction with stored reference results.
 """
 from __future__ import annotations
@@ -22,18 +23,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from benchmarks.data import DataError, load_dataset
 from benchmarks.harness import executors
 from benchmarks.harness.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
 from benchmarks.harness.presets import PRESETS, get_preset
-from benchmarks.harness.rundir import read_result
+from benchmarks.harness.rundir import read_result, request_rerun
 from benchmarks.models import model_label, parse_model
-from benchmarks.harness.runner import forget
 from benchmarks.report.figures import build_all
 from benchmarks.device import pick_device, resolve_precision
-from benchmarks.train import float_cache_path
+from benchmarks.train import float_cache_path, float_digest, request_float_retraining
 from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
 
@@ -64,7 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "before 2026-11-24 did)")
     p.add_argument("--out", help="results folder (default: results/<preset>/)")
     p.add_argument("--rerun", action="store_true",
-                   help="train finished runs (and the float models they start from) again instead of reusing them")
+                   help="train the grid's finished runs again instead of reusing them; each old result stays in place "
+                        "until its new one is complete, and the float models they start from are kept")
+    p.add_argument("--retrain-float", action="store_true",
+                   help="also train the float models the grid starts from again (each replaced only once trained) and "
+                        "the grid's runs with them; names the finished runs outside the grid that started from them")
     p.add_argument("--jobs", type=int, default=1, help="grid points run in parallel processes (default: 1)")
     p.add_argument("--list-methods", action="store_true", help="print the registered method names and exit")
     p.add_argument("--verbose", action="store_true", help="with --list-methods: each method's parameters and grids")
@@ -133,8 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     specs = bind_data(specs, data)
     for name, err in PLUGIN_ERRORS.items():
         log.error("%s (skipped; the other methods still run)", err)
-    if args.rerun:
-        _forget(specs, out)
+    if args.rerun or args.retrain_float:
+        _request_reruns(specs, out)
+    if args.retrain_float:
+        _request_float_retraining(specs, out)
     done = sum((r := read_result(out / "runs" / s.run_id, warn=False)) is not None and r["status"] == "ok"
                for s in specs)
     log.info("preset %s, %s, data %s (fingerprint %s), %s: %d runs into %s", preset.name,
@@ -154,16 +159,27 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _forget(specs: list, out: Path) -> None:
-    """--rerun: clear the grid's finished runs and the float models they start from."""
+def _request_reruns(specs: list, out: Path) -> None:
+    """--rerun: mark the grid's finished runs to be trained again, beside their results (``rundir``)."""
     for s in specs:
-        if not forget(s, out):
+        if not request_rerun(out / "runs" / s.run_id):
             log.warning("run %s is being trained by another process; --rerun leaves it to that process", s.run_id)
+
+
+def _request_float_retraining(specs: list, out: Path) -> None:
+    """--retrain-float: mark the float models the grid starts from to be trained again (``train.float_model``
+    replaces each only once the new one is trained), naming the finished runs outside the grid that started
+    from the old one: they keep their results, paired with a float model that is gone."""
+    grid = {s.run_id for s in specs}
     for s in float_warmups(specs):
         path = float_cache_path(out / "cache", s.model, s.data_fingerprint, s.float_train)
-        with FileLock(path.with_suffix(".lock")):
-            for f in (path, path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")):
-                f.unlink(missing_ok=True)
+        digest = float_digest(path) if path.is_file() else None
+        request_float_retraining(path)
+        others = sorted(r["run_id"] for f in sorted((out / "runs").iterdir()) if f.name not in grid
+                        and (r := read_result(f, deep=False, warn=False)) is not None
+                        and digest is not None and (r.get("budget") or {}).get("float_digest") == digest)
+        log.warning("retraining float model %s (seed %d): %d finished runs outside this grid started from it and "
+                    "keep their results%s", path.name, s.seed, len(others), f": {', '.join(others)}" if others else "")
 
 
 def describe(name: str) -> str:

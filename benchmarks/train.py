@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.data import Dataset, Split, batches, normalize
 from benchmarks.device import PRECISIONS
-from benchmarks.harness.rundir import RunFileError, read_history, replacing
+from benchmarks.files import RunFileError, read_history, replacing
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
@@ -340,12 +340,33 @@ def state_digest(model: nn.Module) -> str:
     """A content hash (16 hex digits) of a network's parameters and buffers, BatchNorm's batch counters aside:
     which float model a run started from. Runs record it because a lost cache entry trained again under the
     same seed on another CPU gives different weights (seed 2 of the `cpu` net: 86.97% against 87.31%)."""
+    return _digest(model.state_dict())
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         if not name.endswith("num_batches_tracked"):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def request_float_retraining(path: Path) -> None:
+    """Mark the cached float model at ``path`` to be trained again by the next ``float_model`` call (``run_all.py
+    --retrain-float``); the cached one stays in use until the new one is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):
+        path.with_suffix(".retrain").touch()
+
+
+def float_digest(path: Path) -> str | None:
+    """``state_digest`` of the cached float model at ``path`` (None when it does not load): which runs
+    started from it (``result.json``'s ``budget.float_digest``)."""
+    try:
+        return _digest(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    except Exception:  # unreadable: nothing can have started from it as it is
+        return None
 
 
 def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,
@@ -355,9 +376,12 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
     ``digest``: ``state_digest`` of the model, computed from the weights, not read from the file).
 
     The entry is trained under a file lock, so concurrent grids wait for one another instead of training
-    it twice; an unreadable entry is named in one warning and trained again."""
+    it twice; an unreadable entry is named in one warning and trained again. An entry marked for retraining
+    (``request_float_retraining``) is trained again and replaces the old one only once complete: an
+    interrupted retraining leaves the old entry in use and resumes next time it is asked for."""
     path = float_cache_path(cache_dir, spec, data.fingerprint, cfg)
     device = data.train.images.device
+    retrain = path.with_suffix(".retrain")
 
     def fresh() -> nn.Module:  # the seeded initial model; rebuilt when a cache entry or checkpoint fails
         seed_everything(cfg.seed)
@@ -366,7 +390,7 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
     model = fresh()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
-        if path.is_file():
+        if path.is_file() and not retrain.exists():
             try:
                 blob = torch.load(path, map_location=device, weights_only=True)
                 model.load_state_dict(blob["state_dict"])
@@ -395,4 +419,5 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
         ckpt.unlink(missing_ok=True)
         hist.unlink(missing_ok=True)
+        retrain.unlink(missing_ok=True)
     return model, {**meta, "digest": state_digest(model)}

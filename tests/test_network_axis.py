@@ -11,7 +11,7 @@ from benchmarks.harness.grid import bind_data, expand
 from benchmarks.harness.presets import get_preset
 from benchmarks.models import ModelSpec, model_label, parse_model
 from benchmarks.report.paired import paired
-from benchmarks.report.tables import near_float, summary, write_tables
+from benchmarks.report.tables import near_float, summary
 from benchmarks.train import float_cache_path
 
 

@@ -75,9 +75,9 @@ def test_reused_runs_are_announced_rerun_retrains_and_compare_reports(tmp_path, 
     assert list(table.accuracy_diff.abs()) == pytest.approx([0, 0], abs=1.0)
     assert (table.bits_remaining_pct_ref == table.bits_remaining_pct_new).all()  # same training, same size
     cache = next((tmp_path / "ref" / "cache").glob("float-*.pt"))
-    before = cache.stat().st_mtime_ns
+    before = cache.read_bytes()
     _, rerun, _ = grid(tmp_path / "ref", *SMALL, "--rerun")
-    assert len(rerun) == 2 and cache.stat().st_mtime_ns > before  # the float model is trained again too
+    assert len(rerun) == 2 and cache.read_bytes() == before  # the float model others start from is kept
 
 
 def test_compare_cli(tmp_path, capsys, grid):
@@ -100,16 +100,28 @@ def test_another_copy_of_the_data_never_reuses_a_result(tmp_path, grid):
     assert "different data sets" in (out / "tables.md").read_text()
 
 
+def _flip_byte(path: Path, at: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= 0x01
+    return bytes(data)
+
+
 @pytest.mark.parametrize("damage, content", [("history.jsonl", '{"epoch": 1}\n{"epo'),
                                              ("result.json", "[]"),
                                              ("result.json", '{"status": "ok"}'),
-                                             ("model.packed", None)])
+                                             ("model.packed", None),
+                                             ("model.packed", "flip 100"),  # in the header
+                                             ("model.packed", "flip -40"),  # in the body, before the checksum
+                                             ("model.packed", "flip -1")])  # in the file's own checksum
 def test_damaged_run_folder_is_named_and_redone(tmp_path, damage, content, grid):
     out = tmp_path / "out"
     grid(out, *SMALL)
     victim = run_dirs(out)["self_compression"]
+    flipped = _flip_byte(victim / damage, int(content.split()[1])) if content and content.startswith("flip") else None
     (victim / damage).unlink()
-    if content is not None:
+    if flipped is not None:
+        (victim / damage).write_bytes(flipped)
+    elif content is not None:
         (victim / damage).write_text(content)
     assert figures.main(["--out", str(out)]) == 0  # the report never crashes on it
     code, runs, log = grid(out, *SMALL)
@@ -298,3 +310,73 @@ def test_float_cache_key_is_the_data_content(tmp_path):
     spec, cfg = get_preset("smoke").model, get_preset("smoke").float_train
     assert float_cache_path(tmp_path, spec, a.fingerprint, cfg) != float_cache_path(tmp_path, spec, b.fingerprint, cfg)
     assert a.fingerprint == make_synthetic(seed=0).fingerprint
+
+
+def test_rerun_of_one_point_retrains_that_point_and_keeps_the_float_model(tmp_path, grid):
+    out = tmp_path / "out"
+    grid(out, *SMALL)
+    cache = next((out / "cache").glob("float-*.pt"))
+    kept = {p: p.read_bytes() for p in [cache, run_dirs(out)["float"] / "result.json"]}
+    _, rerun, _ = grid(out, "--methods", "self_compression", "--grid", "self_compression.gamma=0.3", "--rerun")
+    assert rerun == [run_dirs(out)["self_compression"].name]
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    victim = run_dirs(out)["self_compression"]
+    assert not (victim / "rerun").exists() and not (victim / "rerun-requested").exists()
+
+
+def test_interrupted_rerun_leaves_the_old_result_and_float_model_in_place(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), "-q", *SMALL,
+           "--epochs", "30"]
+    assert subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True).returncode == 0
+    victim = run_dirs(out)["self_compression"]
+    before = {p: p.read_bytes() for p in [*(victim / f for f in ("result.json", "model.packed", "history.jsonl")),
+                                            *(out / "cache").glob("float-*.pt")]}
+    p = subprocess.Popen(cmd + ["--rerun"], cwd=ROOT, env=_env(), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _wait_for(lambda: (victim / "rerun" / "checkpoint.pt").exists(), p)
+    p.kill()  # kill -9 mid-way through the rerun
+    p.wait()
+    assert all(path.read_bytes() == b for path, b in before.items())  # the old result, intact
+    df = pd.read_csv(out / "results.csv")
+    assert (df.status == "ok").all() and len(df) == 2
+    # the rerun resumes where it stopped, and only once complete replaces the old result
+    done = subprocess.run(cmd + ["--rerun"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (victim / "rerun").exists()
+    r = json.loads((victim / "result.json").read_text())
+    assert r["status"] == "ok" and r["packed_sha256"] and r["schema"] == 2
+
+
+def test_retraining_a_float_model_needs_its_flag_and_names_the_runs_that_started_from_it(tmp_path, grid):
+    out = tmp_path / "out"
+    grid(out, *SMALL, "--grid", "self_compression.from_float=true")  # starts from the float model
+    sc = run_dirs(out)["self_compression"].name
+    cache = next((out / "cache").glob("float-*.pt"))
+    mtime = cache.stat().st_mtime_ns
+    code, runs, log = grid(out, "--methods", "float", "--retrain-float")
+    assert code == 0 and runs == [run_dirs(out)["float"].name] and cache.stat().st_mtime_ns > mtime
+    named = [line for line in log if "retraining float model" in line]
+    assert len(named) == 1 and "1 finished runs outside this grid" in named[0] and sc in named[0]
+    assert not list((out / "cache").glob("*.retrain"))
+
+
+def test_every_result_says_where_it_was_made(tmp_path, grid):
+    grid(tmp_path, "--methods", "float")
+    env = json.loads((run_dirs(tmp_path)["float"] / "result.json").read_text())["environment"]
+    assert {"cpu_model", "cpu_bf16", "torch_threads", "device", "native_bf16"} <= set(env["host"])
+    assert env["host"]["torch_threads"] == torch.get_num_threads() and env["executor"] == "local"
+    assert env["torch"] == torch.__version__
+
+
+def test_compare_checks_the_files_and_says_which_half_of_the_contract_holds(tmp_path, grid):
+    grid(tmp_path / "a", "--methods", "float")
+    grid(tmp_path / "b", "--methods", "float")
+    table, _ = compare.compare(tmp_path / "a", tmp_path / "b")
+    assert list(table.contract) == ["bit-identical"] and list(table.holds) == ["yes"]
+    assert list(table.same_file) == [True]
+    # the same run made with other threads: only seed noise is promised
+    f = next((tmp_path / "b" / "runs").glob("*/result.json"))
+    r = json.loads(f.read_text())
+    r["environment"]["host"]["torch_threads"] += 1
+    f.write_text(json.dumps(r))
+    assert list(compare.compare(tmp_path / "a", tmp_path / "b")[0].contract) == ["seed noise"]

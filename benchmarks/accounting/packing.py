@@ -38,10 +38,10 @@ from benchmarks.compressed import (CompressedModel, LayerCode, bits_per_weight, 
                                    group_bits_per_weight, remaining_mask)
 from benchmarks.accounting.packed_header import FORMAT, MAX_DEPTH, check_header
 from benchmarks.accounting.size import entry_width
-from benchmarks.harness.rundir import replacing
+from benchmarks.files import replacing
 
 __all__ = ["PackedFileError", "FileLayout", "StoredLayer", "to_bytes", "save", "read", "read_file", "from_bytes",
-           "load"]
+           "load", "verify"]
 log = logging.getLogger(__name__)
 MAGIC = b"SCNNPACK"
 VERSION = 2
@@ -169,19 +169,50 @@ def save(cm: CompressedModel, path: str | os.PathLike, coding: str = "auto") -> 
     return len(data)
 
 
-def read(data: bytes, source: str = "<bytes>") -> tuple[CompressedModel, FileLayout]:
-    """The model and the measured layout of a packed file; anything invalid is one ``PackedFileError`` line."""
-    if len(data) < _PRELUDE.size + 32:
-        raise PackedFileError(f"{source}: too short to be a packed model ({len(data)} bytes)")
+MAX_HEADER_BYTES = 1 << 24  # a header lists shapes and names: kilobytes; anything this long is not one
+
+
+def _prelude(data: bytes, file_bytes: int, source: str) -> tuple[int, int]:
+    """(version, header length) from the first bytes of a file of ``file_bytes`` bytes; ``PackedFileError``
+    when they are not those of a packed model or the header cannot fit."""
+    if file_bytes < _PRELUDE.size + 32 or len(data) < _PRELUDE.size:
+        raise PackedFileError(f"{source}: too short to be a packed model ({file_bytes} bytes)")
     magic, version, hlen = _PRELUDE.unpack_from(data)
     if magic != MAGIC:
         raise PackedFileError(f"{source}: not a scnn-bench packed model (bad magic)")
     if version not in (1, VERSION):
         raise PackedFileError(f"{source}: format version {version}; this scnn-bench reads versions 1 and {VERSION}")
+    if hlen > MAX_HEADER_BYTES or _PRELUDE.size + hlen > file_bytes - 32:
+        raise PackedFileError(f"{source}: header length {hlen} runs past the end of the file")
+    return version, hlen
+
+
+def _header(data: bytes, hlen: int, version: int, file_bytes: int):
+    """The header's plan, checked against the architecture and the file's length before any body is read."""
+    try:
+        header = json.loads(data[_PRELUDE.size:_PRELUDE.size + hlen].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PackedFileError(f"header is not UTF-8 JSON ({type(e).__name__})") from None
+    return check_header(header, version, file_bytes - 32 - _PRELUDE.size - hlen)
+
+
+def verify(data: bytes, source: str = "<bytes>") -> None:
+    """The reader's checks without decoding the streams: prelude, checksum, and the header against the
+    architecture and the file's length. ``PackedFileError`` (one line) when any fails."""
+    version, hlen = _prelude(data, len(data), source)
     if hashlib.sha256(data[:-32]).digest() != data[-32:]:
         raise PackedFileError(f"{source}: checksum mismatch: the file is truncated or altered; refusing to load it")
-    if _PRELUDE.size + hlen > len(data) - 32:
-        raise PackedFileError(f"{source}: header length {hlen} runs past the end of the file")
+    try:
+        _header(data, hlen, version, len(data))
+    except PackedFileError as e:
+        raise PackedFileError(f"{source}: {e}") from None
+
+
+def read(data: bytes, source: str = "<bytes>") -> tuple[CompressedModel, FileLayout]:
+    """The model and the measured layout of a packed file; anything invalid is one ``PackedFileError`` line."""
+    version, hlen = _prelude(data, len(data), source)
+    if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+        raise PackedFileError(f"{source}: checksum mismatch: the file is truncated or altered; refusing to load it")
     try:
         return _parse(data, hlen, version)
     except PackedFileError as e:
@@ -196,7 +227,21 @@ def from_bytes(data: bytes, source: str = "<bytes>") -> CompressedModel:
 
 
 def read_file(path: str | os.PathLike) -> tuple[CompressedModel, FileLayout]:
-    return read(Path(path).read_bytes(), str(path))
+    """``read`` of a file, reading no more than its prelude and header until the header has been checked
+    against the architecture and the file's length: a file whose header is bad is refused having read a few
+    kilobytes, whatever its size, and a valid one holds what its header says."""
+    source = str(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(_PRELUDE.size)
+        version, hlen = _prelude(head, size, source)
+        head += f.read(hlen)
+        try:
+            _header(head, hlen, version, size)
+        except PackedFileError as e:
+            raise PackedFileError(f"{source}: {e}") from None
+        data = head + f.read()
+    return read(data, source)
 
 
 def load(path: str | os.PathLike) -> CompressedModel:
@@ -205,11 +250,7 @@ def load(path: str | os.PathLike) -> CompressedModel:
 
 def _parse(data: bytes, hlen: int, version: int) -> tuple[CompressedModel, FileLayout]:
     pos = _PRELUDE.size + hlen
-    try:
-        header = json.loads(data[_PRELUDE.size:pos].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise PackedFileError(f"header is not UTF-8 JSON ({type(e).__name__})") from None
-    plan = check_header(header, version, len(data) - 32 - pos)
+    plan = _header(data, hlen, version, len(data))
     records = []
     for meta in plan.layers:
         stream = data[pos:pos + meta["nbytes"]]

@@ -22,7 +22,8 @@ import torch
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
-from benchmarks.harness.rundir import finished, replacing, run_lock, write_json
+from benchmarks.files import replacing, write_json
+from benchmarks.harness.rundir import finished, packed_digest, run_lock
 from benchmarks.report.figures import build_all
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def repack(folder: Path) -> bool:
     result = finished(folder)
     result["size_before_repack"] = result["size"]
     result["size"] = size_report(new, layout).as_dict()
+    result["packed_sha256"] = packed_digest(data)
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     write_json(folder / "result.json", result)

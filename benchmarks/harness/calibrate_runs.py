@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from benchmarks.accounting import packing
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
-from benchmarks.harness.rundir import finished, read_result, run_lock, write_json
+from benchmarks.files import write_json
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
 from benchmarks.harness.runner import RunSpec, budget, environment
 from benchmarks.device import pick_device
 from methods import get_method
@@ -84,7 +85,7 @@ def _write_twin(folder: Path, old: dict, spec: RunSpec, twin: RunSpec, dest: Pat
     method = get_method(spec.method).from_params(**dict(spec.params))
     was = old.get("budget") or {}
     write_json(dest / "result.json", {
-        **old, **scored, "run_id": twin.run_id, "spec": twin.as_dict(), "calibrated_from": folder.name,
+        **old, **scored, "schema": RESULT_SCHEMA, "run_id": twin.run_id, "spec": twin.as_dict(), "calibrated_from": folder.name,
         "calibration_environment": environment(), "calibration_device": str(data.train.images.device),
         "budget": budget(twin, method, len(data.train), was.get("float_seconds", 0.0),
                          was.get("method_seconds", 0.0), was.get("float_digest"))})

@@ -28,6 +28,7 @@ from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import CompressedModel, dead_outputs, to_module
 from benchmarks.data import Dataset, Split
+from benchmarks.harness.rundir import packed_digest
 from benchmarks.topology import dead_space_channels
 from benchmarks.train import evaluate, reestimate_batchnorm
 
@@ -72,7 +73,9 @@ def pack_and_score(cm: CompressedModel, path: Path, data: Dataset, bn_batches: i
         out["accuracy_before_calibration"] = evaluate(to_module(cm).to(device), data.test)
         cm = calibrate_batchnorm(cm, data.train, bn_batches, batch_size, seed)
     packing.save(cm, path)
-    artifact, layout = packing.read_file(path)  # score what was written, not what is in memory
+    blob = path.read_bytes()
+    artifact, layout = packing.read(blob, str(path))  # score what was written, not what is in memory
+    out["packed_sha256"] = packed_digest(blob)  # what a finished run's file is checked against
     out["accuracy"] = evaluate(to_module(artifact).to(device), data.test)
     out["size"] = size_report(artifact, layout).as_dict()
     return out

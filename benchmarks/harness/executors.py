@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import math
+import os
 import socket
 import tempfile
 import uuid
@@ -23,7 +24,7 @@ import torch
 from benchmarks.data import resolve_root
 from benchmarks.harness import rundir
 from benchmarks.harness.grid import float_warmups
-from benchmarks.harness.runner import RunSpec, execute
+from benchmarks.harness.runner import EXECUTOR_ENV, RunSpec, execute
 from methods import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RunTask:
     device: str
     threads: int
     token: str
+    executor: str = "ray"
 
     def output_visible(self) -> bool:
         try:
@@ -79,6 +81,7 @@ class RunTask:
         if not self.output_visible():
             return NotVisible(socket.gethostname())
         torch.set_num_threads(self.threads)  # the cores this run was given, not all of the node's
+        os.environ[EXECUTOR_ENV] = self.executor  # recorded with the run (``runner.environment``)
         return execute(spec, self.out, self.data_dir, self.device, progress=False)
 
 
@@ -158,7 +161,7 @@ def run(opts: ClusterOptions, specs: list[RunSpec], out: str | Path, data_dir: s
              len(results), len(warm))
     token = uuid.uuid4().hex
     task = RunTask(out, str(resolve_root(data_dir).resolve()), device or ("cuda" if opts.gpus_per_run else "cpu"),
-                   max(1, int(opts.cpus_per_run)), token)
+                   max(1, int(opts.cpus_per_run)), token, opts.executor)
     backend = importlib.import_module(f"benchmarks.harness.{opts.executor}_executor")
     write_token(out, token)
     try:

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.data import Dataset
 from benchmarks.harness.presets import Preset
-from benchmarks.harness.runner import RunSpec, execute, record_failure
+from benchmarks.harness.runner import EXECUTOR_ENV, RunSpec, execute, record_failure
 from methods import ConfigError, get_method
 from methods.base import make_config
 
@@ -150,6 +150,7 @@ def _worker_init(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_worker)
     torch.set_num_threads(threads)
+    os.environ[EXECUTOR_ENV] = "local --jobs"
 
 
 def _exit_worker(signum: int, frame: object) -> None:

@@ -2,87 +2,50 @@
 
 A run folder ``<out>/runs/<id>/`` is trusted only as far as it checks out: ``read_result`` accepts a
 ``result.json`` only when it parses, has the fields the reports read, names its own folder and (when ``ok``)
-comes with a ``model.packed`` and a ``history.jsonl`` that parses; anything else is named in one warning
-line and the run counts as not done, so the grid redoes it. Writers replace files atomically, and a
-per-run lock (``run_lock``) keeps two grids on one output folder from training the same run twice: the
-lock is an OS file lock, released by the kernel when its holder dies, even by ``kill -9``.
+comes with a ``model.packed`` whose bytes are the ones the result recorded (``packed_sha256``) and pass the
+packed reader's checks, and a ``history.jsonl`` that parses; anything else is named in one warning line and
+the run counts as not done, so the grid redoes it. Writers replace files atomically, and a per-run lock
+(``run_lock``) keeps two grids on one output folder from training the same run twice: the lock is an OS
+file lock, released by the kernel when its holder dies, even by ``kill -9``.
+
+A finished run is trained again only on request (``request_rerun``, from ``run_all.py --rerun``), and then
+into ``<id>/rerun/``: the old result stays in place until the new one is complete, and only then are its
+files moved over the old ones (``roll_forward``, which also completes a move that an interruption cut short).
 
 No training code is imported here: the reports and figures read run folders through this module too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from benchmarks.accounting.packing import PackedFileError, verify
+from benchmarks.files import RunFileError, read_history
 
 log = logging.getLogger(__name__)
 
 #: size fields every finished run's ``result.json`` must carry (the tables and figures read them)
 SIZE_FIELDS = ("bits", "bits_remaining_pct", "weights_remaining_pct", "weights_total", "weights_remaining")
-
-
-class RunFileError(ValueError):
-    """A run file that does not parse or does not hold what a run folder must."""
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A private temporary path to write, moved onto ``path`` on success: a reader (or a second grid
-    writing the same report) sees the old file or the new one, never a torn one. The temporary name keeps
-    the process id, so two writers never share one."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (see ``replacing``)."""
-    with replacing(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+#: the version of ``result.json``'s layout that this code writes and reads (``benchmarks.harness.migrate``
+#: brings older results to it): 2 added ``schema`` and ``packed_sha256``
+RESULT_SCHEMA = 2
+RUN_FILES = ("config.json", "history.jsonl", "model.packed", "result.json")  # result.json last: it says "done"
+STAGING = "rerun"  # a requested rerun trains here, beside the result it will replace
+RERUN_REQUEST = "rerun-requested"
+COMPLETE = "complete"  # written into STAGING once its result is whole: from then on it replaces the old one
 
 
 def run_lock(folder: Path) -> FileLock:
     """The lock that whoever trains or clears this run holds (a file ``.lock`` inside the folder)."""
     return FileLock(folder / ".lock")
-
-
-def read_history(path: Path, strict: bool = False, limit: int | None = None) -> list[dict]:
-    """The per-epoch records of ``history.jsonl`` (the first ``limit`` of them, when given: lines after
-    those are not read). A line that does not parse as a JSON object raises ``RunFileError`` when
-    ``strict``; otherwise it is skipped with one warning naming the file and line."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        if strict:
-            raise RunFileError(f"{path.name} is unreadable ({e})") from None
-        log.warning("%s is unreadable (%s); no history shown for this run", path, e)
-        return []
-    for i, line in enumerate(lines, 1):
-        if limit is not None and len(records) == limit:
-            break
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if strict:
-                raise RunFileError(f"{path.name}, line {i}, does not parse ({e})") from None
-            log.warning("%s, line %d, does not parse (%s); skipped it", path, i, e)
-            continue
-        records.append(rec)
-    return records
 
 
 def check_result(r: Any, folder: Path) -> dict:
@@ -123,8 +86,7 @@ def read_result(folder: Path, deep: bool = True, warn: bool = True) -> dict | No
             raise RunFileError(f"result.json {e}" if isinstance(e, RunFileError) else
                                f"result.json does not parse ({type(e).__name__}: {e})") from None
         if deep and r["status"] == "ok":
-            if not (folder / "model.packed").is_file():
-                raise RunFileError("result.json says ok but model.packed is missing")
+            check_packed(folder, r)
             read_history(folder / "history.jsonl", strict=True)
     except RunFileError as e:
         if warn:
@@ -133,10 +95,83 @@ def read_result(folder: Path, deep: bool = True, warn: bool = True) -> dict | No
     return r
 
 
+def packed_digest(data: bytes) -> str:
+    """The SHA-256 (hex) of a packed file's bytes, as ``result.json``'s ``packed_sha256`` records it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_packed(folder: Path, r: dict) -> None:
+    """``RunFileError`` unless the run's ``model.packed`` is the file its result recorded and passes the
+    reader's checks (header, streams, its own checksum)."""
+    path = folder / "model.packed"
+    if not path.is_file():
+        raise RunFileError("result.json says ok but model.packed is missing")
+    recorded = r.get("packed_sha256")
+    if not isinstance(recorded, str):
+        raise RunFileError(f"result.json records no packed_sha256 (result schema {r.get('schema', 1)}, before "
+                           f"{RESULT_SCHEMA}); bring it up to date with python -m benchmarks.harness.migrate "
+                           f"{folder.parent.parent}")
+    data = path.read_bytes()
+    if packed_digest(data) != recorded:
+        raise RunFileError("model.packed is not the file its result.json recorded (altered or replaced)")
+    try:
+        verify(data, "model.packed")
+    except PackedFileError as e:
+        raise RunFileError(f"model.packed fails the reader's checks ({e})") from None
+
+
 def finished(folder: Path) -> dict | None:
-    """The result of a run that finished well (status ``ok``, every file in order), else None."""
+    """The result of a run that finished well (status ``ok``, every file in order) and is not asked to be
+    trained again (``request_rerun``), else None."""
+    if (folder / RERUN_REQUEST).exists():
+        return None
     r = read_result(folder)
     return r if r is not None and r["status"] == "ok" else None
+
+
+def request_rerun(folder: Path) -> bool:
+    """Mark a finished run to be trained again (``run_all.py --rerun``) without touching its result: the next
+    ``execute`` trains it into ``STAGING`` and moves it in once complete. False when another process holds
+    the run; a run that is not finished needs no request (it is trained anyway)."""
+    if not folder.is_dir():
+        return True
+    lock = run_lock(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another grid trains it
+        return False
+    try:
+        if read_result(folder, warn=False) is not None:
+            (folder / RERUN_REQUEST).touch()
+    finally:
+        lock.release()
+    return True
+
+
+def staging(folder: Path) -> Path:
+    """Where a requested rerun of the run in ``folder`` trains (created), its partial files kept across
+    interruptions so that the rerun resumes."""
+    (folder / STAGING).mkdir(exist_ok=True)
+    return folder / STAGING
+
+
+def complete_rerun(folder: Path) -> None:
+    """The rerun in ``STAGING`` has its whole result: mark it complete, then move it over the old one."""
+    (folder / STAGING / COMPLETE).touch()
+    roll_forward(folder)
+
+
+def roll_forward(folder: Path) -> None:
+    """Finish moving a complete rerun's files over the old ones (idempotent: an interrupted move is taken up
+    where it stopped), then drop the staging folder and the request. Call it holding the run's lock."""
+    stage = folder / STAGING
+    if not (stage / COMPLETE).exists():
+        return
+    for name in RUN_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, folder / name)
+    (folder / RERUN_REQUEST).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def _number(x: Any) -> bool:

@@ -3,7 +3,8 @@
 
 Each folder holds ``config.json``, ``history.jsonl`` (one line per epoch), ``model.packed`` and
 ``result.json``, each written atomically. A finished run is never redone; a failed one is recorded with its
-reason and the grid goes on; a folder whose files do not check out (``benchmarks.harness.rundir``) is redone. Whoever
+reason and the grid goes on; a folder whose files do not check out (``benchmarks.harness.rundir``) is redone,
+and a requested rerun trains beside the old result, which it replaces only once complete. Whoever
 trains a run holds its lock, so grids sharing an output folder never train one run twice. ``execute`` is
 the seam for other executors: it needs only a ``RunSpec`` and an output folder, so Ray or SLURM can run the
 same specs and the reports read the same folders.
@@ -29,7 +30,9 @@ from benchmarks.accounting.size import size_report
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.device import host, pick_device
 from benchmarks.harness.calibration import pack_and_score
-from benchmarks.harness.rundir import finished, run_lock, write_json
+from benchmarks.files import write_json
+from benchmarks.harness import rundir
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.timing.step_speed import float_step_seconds
 from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, resume_history,
@@ -72,8 +75,12 @@ class RunSpec:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+EXECUTOR_ENV = "SCNN_EXECUTOR"  # set by whoever runs ``execute`` elsewhere than in run_all's own process
+
+
 def environment(device: torch.device | None = None) -> dict[str, Any]:
-    """Library versions, the code's commit and ``host``: where the run was made."""
+    """Library versions, the code's commit, ``host`` (where the run was made) and the executor that ran it
+    (``local``, ``local --jobs``, ``ray``, ``slurm``)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).parent).stdout.strip()
@@ -82,7 +89,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
     import numpy, pandas
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "pandas": pandas.__version__, "platform": platform.platform(), "git_commit": commit or "unknown",
-            "host": host(device)}
+            "host": host(device), "executor": os.environ.get(EXECUTOR_ENV, "local")}
 
 
 def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, device: str | None = None,
@@ -100,9 +107,17 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
         log.info("run %s is being trained by another process; coming back to it later", spec.run_id)
         return {"status": "busy", "run_id": spec.run_id}
     try:
+        rundir.roll_forward(folder)  # a rerun whose move an interruption cut short
         done = finished(folder)  # checked under the lock: another grid may just have finished it
         if done is not None:
             return done
+        if (folder / rundir.RERUN_REQUEST).exists() and read_result(folder, warn=False) is not None:
+            # train beside the old result, which stays in place until the new one is complete
+            result = _execute_locked(spec, out, rundir.staging(folder), data_dir, device, data, progress)
+            if result["status"] == "ok":
+                rundir.complete_rerun(folder)
+            return result
+        (folder / rundir.RERUN_REQUEST).unlink(missing_ok=True)  # nothing to keep: trained in place
         return _execute_locked(spec, out, folder, data_dir, device, data, progress)
     finally:
         lock.release()
@@ -128,39 +143,21 @@ def _execute_locked(spec: RunSpec, out: str | os.PathLike, folder: Path, data_di
         result["status"] = "ok"
     except Exception as e:  # recorded, never fatal to the grid
         return record_failure(spec, out, f"{type(e).__name__}: {e}", traceback.format_exc(), env,
-                              time.perf_counter() - t0)
-    result.update(run_id=spec.run_id, wall_seconds=time.perf_counter() - t0, spec=spec.as_dict(),
-                  environment=env)
+                              time.perf_counter() - t0, folder)
+    result.update(schema=RESULT_SCHEMA, run_id=spec.run_id, wall_seconds=time.perf_counter() - t0,
+                  spec=spec.as_dict(), environment=env)
     write_json(folder / "result.json", result)
     return result
 
 
-def forget(spec: RunSpec, out: str | os.PathLike) -> bool:
-    """Remove a run's results (for ``--rerun``) so that the next ``execute`` trains it from scratch; False
-    when another process holds the run."""
-    folder = Path(out) / "runs" / spec.run_id
-    if not folder.is_dir():
-        return True
-    lock = run_lock(folder)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    try:
-        for name in ("result.json", "model.packed", "history.jsonl", "checkpoint.pt"):
-            (folder / name).unlink(missing_ok=True)
-    finally:
-        lock.release()
-    return True
-
-
 def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str = "",
-                   env: dict[str, str] | None = None, wall_seconds: float = 0.0) -> dict:
-    """Write a failed run's ``result.json`` (the grid goes on; the next invocation retries it)."""
+                   env: dict[str, str] | None = None, wall_seconds: float = 0.0, folder: Path | None = None) -> dict:
+    """Write a failed run's ``result.json`` into ``folder`` (default: the run's own; a rerun's staging folder,
+    so that a failed rerun leaves the old result in place). The grid goes on; the next invocation retries it."""
     log.error("run %s (%s %s) failed: %s", spec.run_id, spec.method, dict(spec.params), error)
-    folder = Path(out) / "runs" / spec.run_id
+    folder = folder if folder is not None else Path(out) / "runs" / spec.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    result = {"status": "failed", "error": error, "traceback": trace, "run_id": spec.run_id,
+    result = {"schema": RESULT_SCHEMA, "status": "failed", "error": error, "traceback": trace, "run_id": spec.run_id,
               "wall_seconds": wall_seconds, "spec": spec.as_dict(), "environment": env or environment()}
     write_json(folder / "result.json", result)
     return result

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.harness.rundir import read_history, read_result, replacing  # noqa: E402
+from benchmarks.files import read_history, replacing  # noqa: E402
+from benchmarks.harness.rundir import read_result  # noqa: E402
 from benchmarks.report.tables import own_epochs, series_names, summary, write_tables  # noqa: E402
 
 

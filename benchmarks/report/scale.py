@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.harness.rundir import replacing  # noqa: E402
+from benchmarks.files import replacing  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
 from benchmarks.report.paired import paired  # noqa: E402
 from benchmarks.report.tables import collect  # noqa: E402

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.harness.rundir import read_result, replacing
+from benchmarks.files import replacing
+from benchmarks.harness.rundir import read_result
 from benchmarks.report.paired import paired
 
 log = logging.getLogger(__name__)

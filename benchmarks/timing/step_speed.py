@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from benchmarks.harness.presets import PRESETS, get_preset
-from benchmarks.harness.rundir import replacing
+from benchmarks.files import replacing
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.device import pick_device, resolve_precision
 from benchmarks.train import TrainConfig, build_optimizers, seed_everything, train_step
