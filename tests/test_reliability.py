@@ -380,3 +380,13 @@ def test_compare_checks_the_files_and_says_which_half_of_the_contract_holds(tmp_
     r["environment"]["host"]["torch_threads"] += 1
     f.write_text(json.dumps(r))
     assert list(compare.compare(tmp_path / "a", tmp_path / "b")[0].contract) == ["seed noise"]
+
+
+def test_figures_rebuilt_twice_are_byte_identical(tmp_path, grid):
+    grid(tmp_path / "out", *SMALL)
+    for dest in ("a", "b"):
+        assert figures.main(["--out", str(tmp_path / "out"), "--dest", str(tmp_path / dest)]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert any(f.suffix == ".pdf" for f in files) and any(f.suffix == ".png" for f in files)
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert b"CreationDate" not in (tmp_path / "a" / "figures" / "accuracy_vs_bits.pdf").read_bytes()

@@ -32,10 +32,15 @@ def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return df.loc[keep]
 
 
+#: no creation date or software version in the files: a figure rebuilt from the same runs is the same bytes,
+#: so rebuilding the committed figures leaves a clone clean
+METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
 def _save(fig: plt.Figure, folder: Path, name: str) -> None:
     for ext in ("png", "pdf"):
         with replacing(folder / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=METADATA[ext])
     plt.close(fig)
 
 
