@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -37,6 +38,9 @@ from methods import ConfigError, UnknownMethodError, available_methods, get_meth
 from methods.registry import PLUGIN_ERRORS
 
 log = logging.getLogger("run_all")
+MAX_SEED = 2**32 - 1  # what every random generator the runs seed (torch, Python) accepts alike
+MAX_EPOCHS = 1000  # a bound on plausible schedules: the paper preset trains 30
+MAX_BN_BATCHES = 10_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retrain-float", action="store_true",
                    help="also train the float models the grid starts from again (each replaced only once trained) and "
                         "the grid's runs with them; names the finished runs outside the grid that started from them")
+    p.add_argument("--mix-runs", action="store_true",
+                   help="let runs of another data set, network family or float schedule (another preset) into a "
+                        "results folder that holds runs already (refused by default: one folder, one kind of run)")
     p.add_argument("--jobs", type=int, default=1, help="grid points run in parallel processes (default: 1)")
     p.add_argument("--list-methods", action="store_true", help="print the registered method names and exit")
     p.add_argument("--verbose", action="store_true", help="with --list-methods: each method's parameters and grids")
@@ -107,10 +114,18 @@ def _run(args: argparse.Namespace) -> int:
             preset = replace(preset, model=parse_model(args.model))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    methods = args.methods.split(",") if args.methods else available_methods()
+    if args.methods is not None and not [m for m in args.methods.split(",") if m.strip()]:
+        raise ConfigError("--methods is empty; name methods (see --list-methods) or leave it out for every method")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else available_methods()
     seeds = [_int(s, "--seeds") for s in args.seeds.split(",")] if args.seeds is not None else list(preset.seeds)
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seeds must lie in [0, {MAX_SEED}] (the range every seeded generator accepts), got {seed}")
+    if args.epochs is not None and not 1 <= args.epochs <= MAX_EPOCHS:
+        raise ConfigError(f"--epochs must lie in [1, {MAX_EPOCHS}], got {args.epochs} (a cpu-preset epoch takes "
+                          f"~35 s on 2 cores, a width-1.0 one ~8 min)")
+    if args.bn_batches is not None and args.bn_batches > MAX_BN_BATCHES:
+        raise ConfigError(f"--bn-batches must lie in [0, {MAX_BN_BATCHES}], got {args.bn_batches}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     if args.bn_batches is not None and args.bn_batches < 0:
@@ -130,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
                    precision=precision, bn_batches=args.bn_batches)
     out = Path(args.out if args.out is not None else f"results/{preset.name}")
     _check_writable(out)
+    _check_one_kind(out, specs, args.mix_runs)
     # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
     # their own, so the parent keeps it on the CPU (no CUDA context before forking)
     data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 and not cluster else "cpu")
@@ -201,6 +217,30 @@ def describe(name: str) -> str:
         lines.append(f"  default grid, preset {preset}: " +
                      (", ".join(f"{k}={','.join(map(str, v))}" for k, v in grid.items()) or "(defaults only)"))
     return "\n".join(lines)
+
+
+def _kind(d: dict) -> tuple:
+    """What makes runs comparable in one folder: data set, network family, the float model's schedule."""
+    model, float_train = d.get("model") or {}, d.get("float_train") or {}
+    return d.get("dataset"), model.get("name"), float_train.get("epochs")
+
+
+def _describe(kind: tuple) -> str:
+    return f"{kind[0]} {kind[1]} (float model {kind[2]} epochs)"
+
+
+def _check_one_kind(out: Path, specs: list, mix: bool) -> None:
+    """Refuse a grid whose runs are of another kind than those ``out`` holds, unless ``--mix-runs``."""
+    held = set()
+    for f in (out / "runs").glob("*/config.json"):
+        try:
+            held.add(_kind(json.loads(f.read_text())))
+        except (OSError, ValueError, AttributeError):  # a damaged folder: the grid names and redoes it
+            continue
+    new = {_kind(s.as_dict()) for s in specs} - held
+    if held and new and not mix:
+        raise ConfigError(f"{out} holds runs of {', '.join(sorted(map(_describe, held)))}; this grid adds "
+                          f"{', '.join(sorted(map(_describe, new)))}: pass --out a folder of its own, or --mix-runs")
 
 
 def _int(text: str, flag: str) -> int:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -246,8 +247,11 @@ class StaleCheckpoint(RuntimeError):
 
 
 def _brief(e: Exception) -> str:
-    """An exception as one line: its type and the first line of its message."""
+    """An exception as one line: its type and the first line of its message. PyTorch's refusal of a pickle
+    that is not plain data advises loading it unsafely; that advice is never relayed."""
     text = str(e).strip()
+    if isinstance(e, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        return "it holds objects other than plain tensors and numbers, which are never loaded: loading them could run code"
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 

@@ -175,8 +175,9 @@ class DiffQ(Method):
         from_float: bool = False  # fine-tune the cached float model instead of training from scratch
 
         def validate(self) -> None:
-            if not (self.lam >= 0 and math.isfinite(self.lam)):
-                raise ConfigError(f"diffq.lam must be a finite number >= 0, got {self.lam}")
+            if not (0 <= self.lam <= 100):  # NaN fails this too
+                raise ConfigError(f"diffq.lam must be a finite number in [0, 100] (the grid's lie in 0.003-0.3), "
+                                  f"got {self.lam}")
             if self.group_size not in GROUP_SIZES:
                 raise ConfigError(f"diffq.group_size must be one of {GROUP_SIZES}, got {self.group_size}")
             if not (1 <= self.b_min < self.b_max <= 24):
@@ -187,8 +188,8 @@ class DiffQ(Method):
                                   f"{self.bits_init}")
             if self.noise not in NOISES:
                 raise ConfigError(f"diffq.noise must be one of {NOISES}, got {self.noise!r}")
-            if not (self.lr_logits > 0 and math.isfinite(self.lr_logits)):
-                raise ConfigError(f"diffq.lr_logits must be > 0, got {self.lr_logits}")
+            if not (0 < self.lr_logits <= 10):
+                raise ConfigError(f"diffq.lr_logits must lie in (0, 10], got {self.lr_logits}")
             if self.min_size < 0:
                 raise ConfigError(f"diffq.min_size must be >= 0, got {self.min_size}")
 

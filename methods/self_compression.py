@@ -54,6 +54,11 @@ def quantize(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return scale * round_ste(x)
 
 
+#: the largest penalty weight accepted: the size term Q is bits per original weight (8 at the start), so
+#: beyond this it swamps the task loss (about 2) by three orders of magnitude and training only diverges
+MAX_GAMMA = 100.0
+
+
 class ChannelQuantizer(nn.Module):
     """A weight parametrization holding the layer's bit depths and exponents.
 
@@ -137,14 +142,15 @@ class SelfCompression(Method):
         cost: str = "bits"  # what Q counts: "bits" (the paper) or "bitops" (each layer's bits × its output positions)
 
         def validate(self) -> None:
-            if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-                raise ConfigError(f"self_compression.gamma must be a finite number >= 0, got {self.gamma}")
+            if not (0 <= self.gamma <= MAX_GAMMA):  # NaN fails this too
+                raise ConfigError(f"self_compression.gamma must be a finite number in [0, {MAX_GAMMA:g}] (the paper's "
+                                  f"lie in 0.001-1), got {self.gamma}")
             if not (1 <= self.bits_init <= 32):
                 raise ConfigError(f"self_compression.bits_init must lie in [1, 32], got {self.bits_init}")
-            if not self.lr_bits > 0:
-                raise ConfigError(f"self_compression.lr_bits must be > 0, got {self.lr_bits}")
-            if not self.eps_bits > 0:
-                raise ConfigError(f"self_compression.eps_bits must be > 0, got {self.eps_bits}")
+            if not 0 < self.lr_bits <= 10:
+                raise ConfigError(f"self_compression.lr_bits must lie in (0, 10], got {self.lr_bits}")
+            if not 0 < self.eps_bits <= 1:
+                raise ConfigError(f"self_compression.eps_bits must lie in (0, 1], got {self.eps_bits}")
             if self.bits_schedule not in ("scheduled", "constant"):
                 raise ConfigError(f"self_compression.bits_schedule must be 'scheduled' or 'constant', "
                                   f"got {self.bits_schedule!r}")

@@ -269,3 +269,34 @@ def test_random_header_numbers_are_refused_or_decode(which, data):
     m = data.draw(st.sampled_from(numbers))
     value = data.draw(st.one_of(st.integers(-2, 70), st.integers(-2 ** 70, 2 ** 70), st.sampled_from(["true", "1.5"])))
     check_outcome(join(version, (text[:m.start()] + str(value) + text[m.end():]).encode(), body))
+
+
+def test_a_huge_file_with_a_bad_header_is_refused_having_read_only_its_header(tmp_path):
+    """Reported: ``inspect`` on a 3 GB file with a bad header used 3.7 GB before refusing it. The header is
+    now checked against the architecture and the file's length before the body is read (a sparse file here,
+    512 MB, so that a regression costs memory, not disk)."""
+    data = edit_header(packing.to_bytes(base_model(), "fixed"), set_in(["layers", 2, "shape"], [10, 30_000_000]))
+    f = tmp_path / "huge.packed"
+    with open(f, "wb") as out:
+        out.write(data)
+        out.truncate(512 * MB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(packing.PackedFileError, match="30000000 inputs"):
+            packing.read_file(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MB
+    # a valid header over a body of the wrong length: refused for its length, before the body is read
+    f.write_bytes(packing.to_bytes(base_model(), "fixed"))
+    with open(f, "ab") as out:
+        out.truncate(512 * MB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(packing.PackedFileError, match="but the file holds"):
+            packing.read_file(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MB

@@ -143,7 +143,7 @@ def test_corrupted_float_cache_is_named_and_rebuilt(tmp_path, grid):
     assert (pd.read_csv(out / "results.csv").status == "ok").all()
 
 
-def test_crafted_checkpoint_executes_nothing(tmp_path):
+def test_crafted_checkpoint_executes_nothing(tmp_path, caplog):
     data = make_synthetic()
     spec = bind_data(expand(get_preset("smoke"), ["self_compression"], [0],
                             parse_grid_overrides(["self_compression.gamma=0.3"])), data)[0]
@@ -156,8 +156,12 @@ def test_crafted_checkpoint_executes_nothing(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (folder / "checkpoint.pt").write_bytes(pickle.dumps({"epoch_index": Payload(), "elapsed": 0.0}, protocol=2))
-    result = execute(spec, tmp_path, data=data, progress=False)
+    with caplog.at_level(logging.WARNING, logger="benchmarks"):
+        result = execute(spec, tmp_path, data=data, progress=False)
     assert not marker.exists() and result["status"] == "ok"
+    warned = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert len(warned) == 1 and "never loaded" in warned[0]  # one warning, and no advice to load it unsafely
+    assert "weights_only" not in warned[0] and "trust" not in warned[0]
 
 
 def test_checkpoints_are_plain_data(tmp_path, monkeypatch):
@@ -245,8 +249,15 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grid", "self_compression.gamma=-1"], "self_compression.gamma must be a finite number >= 0, got -1"),
+    (["--grid", "self_compression.gamma=-1"], "self_compression.gamma must be a finite number in [0, 100]"),
     (["--grid", "self_compression.gamma=Infinity"], "self_compression.gamma must be a finite number, got inf"),
+    (["--grid", "self_compression.gamma=1e308"], "self_compression.gamma must be a finite number in [0, 100]"),
+    (["--grid", "diffq.lam=1e308"], "diffq.lam must be a finite number in [0, 100]"),
+    (["--seeds", str(2**70)], "--seeds must lie in [0, 4294967295]"),
+    (["--seeds", "-1"], "--seeds must lie in [0, 4294967295]"),
+    (["--epochs", str(10**12)], "--epochs must lie in [1, 1000]"),
+    (["--methods", ""], "--methods is empty"),
+    (["--model", "resnet9x0"], "width must be in (0, 4]"),
     (["--grid", "weight_fixing.delta=0.5"], "weight_fixing.delta must lie in (0, 0.1000)"),
     (["--out", ""], "--out is empty"),
 ])
@@ -390,3 +401,36 @@ def test_figures_rebuilt_twice_are_byte_identical(tmp_path, grid):
     assert any(f.suffix == ".pdf" for f in files) and any(f.suffix == ".png" for f in files)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert b"CreationDate" not in (tmp_path / "a" / "figures" / "accuracy_vs_bits.pdf").read_bytes()
+
+
+def test_a_results_folder_holds_one_kind_of_run(tmp_path, grid):
+    out = tmp_path / "out"
+    write_fake_cifar(tmp_path / "data")
+    assert grid(out, "--methods", "float")[0] == 0  # synthetic data, tinycnn
+    code, runs, _ = grid(out, "--methods", "float", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"))
+    assert code == 2 and runs == []
+    assert grid(out, "--methods", "float", "--model", "resnet9x0.125")[0] == 2  # another network family
+    assert grid(out, "--methods", "float", "--model", "tinycnnx0.5")[0] == 0  # another width of the same: allowed
+    code, runs, _ = grid(out, "--methods", "float", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                         "--mix-runs")
+    assert code == 0 and len(runs) == 1
+    assert "different data sets" in (out / "tables.md").read_text()  # and the tables say so
+
+
+def test_one_kind_refusal_is_one_line(tmp_path, capsys):
+    assert run_all.main(["--preset", "smoke", "--methods", "float", "--out", str(tmp_path), "-q"]) == 0
+    capsys.readouterr()
+    assert run_all.main(["--preset", "smoke", "--methods", "float", "--model", "resnet9x0.125", "--out",
+                         str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds runs of synthetic tinycnn" in err[0] and "--mix-runs" in err[0]
+
+
+def test_a_damaged_folder_is_named_once_by_the_report(tmp_path, grid, caplog):
+    grid(tmp_path, *SMALL)
+    victim = run_dirs(tmp_path)["self_compression"]
+    (victim / "result.json").write_text("[]")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert figures.main(["--out", str(tmp_path)]) == 0
+    assert sum(victim.name in r.getMessage() for r in caplog.records) == 1

@@ -57,6 +57,7 @@ def _setup(name: str, spec: ModelSpec, cfg: TrainConfig, device: torch.device):
 
 
 def _time(step, n: int, device: torch.device) -> float:
+    """Seconds per step over ``n`` (at least 1) steps, the device waited for."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -86,7 +87,8 @@ def measure(methods: list[str], preset: str, precision: str, device: torch.devic
     p = get_preset(preset)
     steppers = {n: _setup(n, p.model, replace(p.method_train, precision=precision), device) for n in names}
     for n, step in steppers.items():
-        _time(step, warmup, device)
+        if warmup:
+            _time(step, warmup, device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in names if r % 2 == 0 else reversed(names):  # alternate the order, so drift hits all alike
