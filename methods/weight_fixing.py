@@ -3,7 +3,7 @@
 The weights (and biases) of every conv and linear layer, first and last included — optionally the
 BatchNorm affine parameters too — form one flat vector clustered onto one codebook shared by the whole
 network, with no per-layer scale. Starting from the trained float model, ten rounds fix a cumulative
-share of that vector (``SHARES``); between rounds the weights not yet fixed retrain with a fresh Adam
+share of that vector (``wf_cluster.SHARES``); between rounds the weights not yet fixed retrain with a fresh Adam
 (the fixed ones have their gradients zeroed and their values re-imposed after every step, so they never
 move) for ``epochs_per_round`` epochs (the paper's 3, at the authors' Adam 2e-5 for CIFAR ResNets). Each
 round is one training phase; ``on_phase_start`` fixes before the phase retrains.
@@ -47,15 +47,13 @@ from benchmarks.accounting.size import entropy
 from benchmarks.compressed import CompressedModel, LayerCode, export_layers, full_shapes
 from benchmarks.models import ModelSpec, topology
 from benchmarks.topology import weight_of
-from methods import wf_cluster
+import methods.wf_cluster as wf_cluster
 from methods.base import ConfigError, Method, Phase
 from methods.registry import register
 
 log = logging.getLogger(__name__)
 
-#: cumulative share of the flat vector fixed after each round
-SHARES = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
-ROUNDS = len(SHARES)
+ROUNDS = len(wf_cluster.SHARES)
 
 
 @register("weight_fixing")
@@ -178,7 +176,7 @@ class WeightFixing(Method):
         params = self._params(model)
         dev = params[0].device
         self.fixed, self.value = self.fixed.to(dev), self.value.to(dev)
-        target = round(SHARES[min(phase, ROUNDS - 1)] * self.n)
+        target = round(wf_cluster.SHARES[min(phase, ROUNDS - 1)] * self.n)
         need = target - int(self.fixed.sum())
         flat = self._flat(params).detach()
         free = torch.nonzero(~self.fixed).squeeze(1)

@@ -146,6 +146,8 @@ def top_exponent(max_abs: float) -> int:
 
 
 DELTA_SCHEDULES = ("paper", "9to1")
+#: cumulative share of the flat weight vector fixed after each of weight fixing's rounds
+SHARES = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
 
 
 def delta_at(delta: float, t: int, rounds: int, schedule: str = "paper") -> float:
@@ -427,7 +429,6 @@ def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int 
                   schedule: str = "paper", grid: CentreGrid = DEFAULT_GRID) -> dict[str, float]:
     """The ten fixing rounds of ``weight_fixing`` on the flat weights ``w`` without retraining: what the
     selection alone does (time, fallback, distinct values, entropy, mean relative error of the fixed values)."""
-    from methods.weight_fixing import SHARES
     from benchmarks.accounting.size import entropy
 
     n, dev = w.numel(), w.device

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from benchmarks.timing import step_speed
+from benchmarks.timing import step_speed, steps
 
 
 def test_step_speed_writes_one_row_per_method_against_float(tmp_path):
@@ -45,6 +45,6 @@ def test_every_epoch_records_its_step_time_against_a_float_step(tmp_path):
     torch.manual_seed(1), random.seed(1)
     a = torch.rand(3), random.random()
     torch.manual_seed(1), random.seed(1)
-    step_speed.float_step_seconds(ModelSpec("tinycnn"), TrainConfig(batch_size=32), torch.device("cpu"), steps=1)
+    steps.float_step_seconds(ModelSpec("tinycnn"), TrainConfig(batch_size=32), torch.device("cpu"), steps=1)
     b = torch.rand(3), random.random()
     assert torch.equal(a[0], b[0]) and a[1] == b[1]

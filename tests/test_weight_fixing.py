@@ -16,7 +16,7 @@ from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
 from methods import ConfigError, Method, get_method
 from methods import wf_cluster as wc
-from methods.weight_fixing import SHARES
+from methods.wf_cluster import SHARES
 
 POW2 = [2.0 ** k for k in range(-7, 1)]
 

@@ -34,7 +34,7 @@ from benchmarks.files import write_json
 from benchmarks.harness import rundir
 from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.timing.step_speed import float_step_seconds
+from benchmarks.timing.steps import float_step_seconds
 from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, resume_history,
                               seed_everything, steps_per_epoch, train)
 from methods import get_method

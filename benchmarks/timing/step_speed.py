@@ -13,10 +13,8 @@ import argparse
 import datetime
 import logging
 import os
-import random
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,74 +23,25 @@ import torch
 
 from benchmarks.harness.presets import PRESETS, get_preset
 from benchmarks.files import replacing
-from benchmarks.models import ModelSpec, build_model
 from benchmarks.device import pick_device, resolve_precision
-from benchmarks.train import TrainConfig, build_optimizers, seed_everything, train_step
+from benchmarks.timing.steps import TIMED_WITH, setup_step, time_steps
 from methods import available_methods, get_method
-from methods.base import Method
 
 log = logging.getLogger(__name__)
-
-#: per method, the parameters it is timed with (defaults otherwise)
-TIMED_WITH = {"self_compression": {"gamma": 0.0}}
-
-
-def _setup(name: str, spec: ModelSpec, cfg: TrainConfig, device: torch.device):
-    """A closure running one ``train_step`` of method ``name`` on a fixed random batch."""
-    seed_everything(0)
-    # the float baseline's own training is the plain loop (its registered method only reads the cache)
-    method = Method() if name == "float" else get_method(name).from_params(**TIMED_WITH.get(name, {}))
-    model = method.prepare(build_model(spec).to(device))
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    phase = method.phases(cfg.epochs)[0]
-    method.on_phase_start(model, 0)
-    opts, bases = build_optimizers(method, model, phase, cfg)
-    x = torch.randn(cfg.batch_size, 3, 32, 32, device=device)
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec.num_classes, (cfg.batch_size,), device=device)
-    model.train()
-    return lambda: train_step(method, model, opts, bases, phase, cfg, x, y, 1.0)
-
-
-def _time(step, n: int, device: torch.device) -> float:
-    """Seconds per step over ``n`` (at least 1) steps, the device waited for."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        stats = step()
-    stats.tolist()  # wait for the device
-    return (time.perf_counter() - t0) / n
-
-
-def float_step_seconds(spec: ModelSpec, cfg: TrainConfig, device: torch.device, steps: int = 4) -> float:
-    """Seconds of one plain float training step of net ``spec`` at ``cfg``'s batch size and precision,
-    median of ``steps`` after one warm-up step: the yardstick a run's epoch times are recorded against.
-    Every random stream is left as it was, so the run it is taken for trains as without it."""
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        step = _setup("float", spec, cfg, device)
-        _time(step, 1, device)
-        seconds = statistics.median(_time(step, 1, device) for _ in range(steps))
-    random.setstate(state)
-    return seconds
-
 
 def measure(methods: list[str], preset: str, precision: str, device: torch.device, repeats: int, steps: int,
             warmup: int) -> pd.DataFrame:
     """One row per method: median step time (ms) and its ratio to the float step."""
     names = ["float"] + [m for m in methods if m != "float"]
     p = get_preset(preset)
-    steppers = {n: _setup(n, p.model, replace(p.method_train, precision=precision), device) for n in names}
+    steppers = {n: setup_step(n, p.model, replace(p.method_train, precision=precision), device) for n in names}
     for n, step in steppers.items():
         if warmup:
-            _time(step, warmup, device)
+            time_steps(step, warmup, device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in names if r % 2 == 0 else reversed(names):  # alternate the order, so drift hits all alike
-            times[n].append(_time(steppers[n], steps, device))
+            times[n].append(time_steps(steppers[n], steps, device))
     median = {n: statistics.median(t) for n, t in times.items()}
     batch = p.method_train.batch_size
     return pd.DataFrame([{"method": n, "params": str(TIMED_WITH.get(n, {})), "precision": precision,
