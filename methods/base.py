@@ -4,8 +4,8 @@ A method never measures its own size: ``export()`` hands the harness a ``Compres
 accounting code measures that. Hyperparameters live in a frozen dataclass ``Config`` per method, so a run's
 settings are explicit, hashable and checked (an unknown or badly typed grid value is refused up front).
 
-This is a public API for plugins: the README's "The plugin contract" documents the hooks, the exported form
-and the pitfalls outside authors met; ``tests/plugin_example`` is a complete plugin package.
+Plugins import all of this through ``methods.api`` (docs/plugins.md documents the hooks, the exported form and
+the pitfalls outside authors met; ``examples/plugin`` is a complete plugin package).
 """
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ class Method:
     #: the parameter that trades size against accuracy (γ, λ, δ): runs that differ only in it lie on one curve
     #: of the figures and tables, and any other parameter that differs starts a curve of its own
     knob: ClassVar[str | None] = None
+    #: the method deliberately stores float32 weights (the float baseline and its controls). Every other method
+    #: must define ``export``: registration refuses one that does not, since it would silently report float sizes
+    exports_float: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -21,6 +21,7 @@ class FloatBaseline(Method):
     and shared with every method that starts from it."""
 
     needs_float_model = True
+    exports_float = True
     default_grid = {"smoke": {}, "cpu": {}, "paper": {}}
 
     def phases(self, epochs: int) -> list[Phase]:
@@ -30,6 +31,8 @@ class FloatBaseline(Method):
 @register("float_control")
 class FloatControl(Method):
     """The float network trained with another method's schedule and no compression (the equal-budget control)."""
+
+    exports_float = True
 
     @dataclass(frozen=True)
     class Config:

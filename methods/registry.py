@@ -33,6 +33,10 @@ def register(name: str):
     def deco(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register({name!r}) must decorate a subclass of methods.Method")
+        if cls.export is Method.export and not cls.exports_float:
+            raise TypeError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}) defines no export(): it would be "
+                            f"measured as float32; define export() (docs/plugins.md), or set exports_float = True if "
+                            f"it deliberately stores float weights")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name

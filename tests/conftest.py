@@ -14,6 +14,17 @@ def _quiet_and_seeded():
     logging.getLogger("benchmarks").setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Methods a test registers are gone after it: no test sees another's."""
+    from methods import registry
+    registry.available_methods()  # entry points loaded before the snapshot
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
 @pytest.fixture
 def tiny():
     spec = ModelSpec("tinycnn", 1.0)

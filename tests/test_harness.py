@@ -54,6 +54,7 @@ class NanMethod(Method):
     """A method whose penalty is NaN: its run must fail, be recorded, and not stop the grid."""
 
     default_grid = {"smoke": {}}
+    exports_float = True
 
     def penalty(self, model, task_loss):
         return torch.tensor(float("nan"))
@@ -98,6 +99,8 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 class BrokenConfigMethod(Method):
     """Imports fine, breaks when its grid is built (its Config is not a dataclass)."""
+
+    exports_float = True
 
     class Config:
         def __init__(self, **kw):
@@ -178,7 +181,7 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     """The README's example plugin, pip-installed, is found through the ``scnn_bench.methods`` entry points
     and runs like a built-in; a second, broken plugin is reported by name and the others still run."""
     site, source = tmp_path / "site", tmp_path / "plugin_example"
-    shutil.copytree(ROOT / "tests" / "plugin_example", source)  # pip builds in the source folder: not ours
+    shutil.copytree(ROOT / "examples" / "plugin", source)  # pip builds in the source folder: not ours
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(site), str(source)], check=True, capture_output=True)
     broken = site / "broken_plugin-0.1.dist-info"  # what pip writes for a package whose import fails

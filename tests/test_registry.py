@@ -10,7 +10,7 @@ def test_builtins_registered():
 def test_register_and_lookup():
     @register("_toy_registered")
     class Toy(Method):
-        pass
+        exports_float = True
 
     assert get_method("_toy_registered") is Toy and Toy.name == "_toy_registered"
 
@@ -33,3 +33,20 @@ def test_config_validation():
         cls.from_params(gamma="big")
     with pytest.raises(ValueError, match="gamma"):
         cls.from_params(gamma=-1.0)
+
+
+def test_a_compression_method_without_export_is_refused_in_one_line():
+    class NoExport(Method):
+        def penalty(self, model, task_loss):
+            return None
+
+    with pytest.raises(TypeError, match="defines no export\\(\\): it would be measured as float32") as e:
+        register("_no_export")(NoExport)
+    assert "\n" not in str(e.value) and "_no_export" not in available_methods()
+
+
+def test_the_plugin_api_is_one_module_with_a_version():
+    from methods import api
+    assert api.API_VERSION >= 1
+    assert all(hasattr(api, name) for name in api.__all__)
+    assert {"Method", "register", "LayerCode", "export_layers", "full_shapes", "ConfigError"} <= set(api.__all__)
