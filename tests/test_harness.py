@@ -47,7 +47,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert smoke(tmp_path, "--grid", "self_compression.gamma=0.003,0.3") == 0
     # figures rebuild from stored results alone
     (tmp_path / "tables.md").unlink()
-    assert figures.main(["--out", str(tmp_path)]) == 0 and (tmp_path / "tables.md").is_file()
+    assert figures.main([str(tmp_path)]) == 0 and (tmp_path / "tables.md").is_file()
 
 
 class NanMethod(Method):
@@ -401,3 +401,14 @@ def test_accuracy_table_names_curves_by_what_they_change_and_pairs_each_point_wi
     assert (row.knob, row.seeds, row["accuracy %"]) == ("gamma=0.1", 2, "83.50 ± 0.71")
     assert row["equal-budget control %"] == "87.70 ± 0.28" and row["vs control (points)"] == "−4.20 ± 0.42"  # −4.5 and −3.9
     assert t.iloc[3]["vs control (points)"] == "−4.00" and t.iloc[1]["equal-budget control %"] == "—"
+
+
+def test_scnn_bench_lists_its_subcommands_and_runs_them(tmp_path):
+    from benchmarks import cli
+    p = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0
+    assert all(f"  {name}" in p.stdout for name in ("run", "figures", "speed", "inspect", "compare", "describe"))
+    assert cli.main(["nope"]) == 2
+    assert cli.main(["run", "--preset", "smoke", "--methods", "float", "--out", str(tmp_path), "-q"]) == 0
+    assert cli.main(["figures", str(tmp_path)]) == 0 and (tmp_path / "tables.md").is_file()
+    assert cli.main(["describe", "self_compression"]) == 0

@@ -18,7 +18,7 @@ LAYERS = [
     ["benchmarks.harness", "benchmarks.harness.*"],
     ["benchmarks.report", "benchmarks.report.*", "benchmarks.timing.*", "benchmarks.accounting.inspect",
      "benchmarks.accounting.repack"],
-    ["run_all", "experiments.*"],
+    ["run_all", "benchmarks.run", "benchmarks.cli", "experiments.*"],
 ]
 
 

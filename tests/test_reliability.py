@@ -123,7 +123,7 @@ def test_damaged_run_folder_is_named_and_redone(tmp_path, damage, content, grid)
         (victim / damage).write_bytes(flipped)
     elif content is not None:
         (victim / damage).write_text(content)
-    assert figures.main(["--out", str(out)]) == 0  # the report never crashes on it
+    assert figures.main([str(out)]) == 0  # the report never crashes on it
     code, runs, log = grid(out, *SMALL)
     assert code == 0 and runs == [victim.name]
     assert sum(victim.name in line and "redoes it" in line for line in log) == 1  # named once
@@ -283,7 +283,7 @@ def test_figures_on_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", refuse)  # chmod does not stop root, who runs CI
-    assert figures.main(["--out", str(tmp_path)]) == 2
+    assert figures.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Permission denied" in err[0] and "--dest" in err[0]
 
@@ -396,7 +396,7 @@ def test_compare_checks_the_files_and_says_which_half_of_the_contract_holds(tmp_
 def test_figures_rebuilt_twice_are_byte_identical(tmp_path, grid):
     grid(tmp_path / "out", *SMALL)
     for dest in ("a", "b"):
-        assert figures.main(["--out", str(tmp_path / "out"), "--dest", str(tmp_path / dest)]) == 0
+        assert figures.main([str(tmp_path / "out"), "--dest", str(tmp_path / dest)]) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert any(f.suffix == ".pdf" for f in files) and any(f.suffix == ".png" for f in files)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
@@ -432,5 +432,5 @@ def test_a_damaged_folder_is_named_once_by_the_report(tmp_path, grid, caplog):
     (victim / "result.json").write_text("[]")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert figures.main(["--out", str(tmp_path)]) == 0
+        assert figures.main([str(tmp_path)]) == 0
     assert sum(victim.name in r.getMessage() for r in caplog.records) == 1

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info("%d runs calibrated, %d uncalibrated folders moved, %d not calibrated (named above); rebuild the "
-             "tables with python -m benchmarks.report.figures --out %s", n_done, n_moved, n_bad, args.out)
+             "tables with python -m benchmarks.report.figures %s", n_done, n_moved, n_bad, args.out)
     return 1 if n_bad else 0
 
 

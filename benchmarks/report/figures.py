@@ -1,4 +1,4 @@
-"""Figures and tables from stored results alone: ``python -m benchmarks.report.figures --out results/cpu``.
+"""Figures and tables from stored results alone: ``python -m benchmarks.report.figures results/cpu``.
 
 No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``.
 """
@@ -267,8 +267,8 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Rebuild tables and figures from stored results (no training).")
-    p.add_argument("--out", default="results/cpu", help="results folder holding runs/ (default: results/cpu)")
-    p.add_argument("--dest", help="where to write results.csv, tables.md and figures/ (default: the --out folder)")
+    p.add_argument("out", nargs="?", default="results/cpu", help="results folder holding runs/ (default: results/cpu)")
+    p.add_argument("--dest", help="where to write results.csv, tables.md and figures/ (default: the results folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (Path(args.out) / "runs").is_dir():

@@ -167,7 +167,7 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
     with replacing(dest / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
     s = summary(df)
-    lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.report.figures --out {out}`.", ""]
+    lines = ["# Results", "", f"Rebuilt from `{out}/runs/` by `python -m benchmarks.report.figures {out}`.", ""]
     if s.data_fingerprint.nunique() > 1:
         lines += [f"Runs on {s.data_fingerprint.nunique()} different data sets (by content): the `data` column "
                   "gives each one's fingerprint; points on different data are never averaged.", ""]
