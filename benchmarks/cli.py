@@ -4,6 +4,7 @@ positional argument). ``python run_all.py`` and each tool's ``python -m`` form s
     scnn-bench run --preset smoke                      # = python run_all.py ...
     scnn-bench figures results/cpu                     # tables and figures from stored runs
     scnn-bench scale results/cpu results/scale         # the scale study's answer
+    scnn-bench headline results/cpu results/scale      # every method on the largest network measured
     scnn-bench speed results/cpu                       # measured inference speed
     scnn-bench inspect results/cpu/runs/<id>/model.packed
     scnn-bench compare results/cpu repro/cpu
@@ -20,6 +21,7 @@ COMMANDS = {
     "run": ("benchmarks.run", "train every method over its grid and write tables and figures (= run_all.py)"),
     "figures": ("benchmarks.report.figures", "rebuild results.csv, tables.md and figures from stored runs"),
     "scale": ("benchmarks.report.scale", "self-compression against network size: the paper's headline"),
+    "headline": ("benchmarks.report.headline", "every method on the largest network measured: the README's table"),
     "speed": ("benchmarks.timing.speed", "measured inference speed and MACs of every finished run"),
     "step-speed": ("benchmarks.timing.step_speed", "training-step cost of each method against float"),
     "inspect": ("benchmarks.accounting.inspect", "size report of one packed model file, from the file alone"),

@@ -87,3 +87,15 @@ def test_synthetic_runs_never_enter_the_scale_table(tmp_path):
         f.write_text(json.dumps(r))
     assert scale.write_scale([out], out).empty
     assert "No self-compression curve" in (out / "scale.md").read_text()
+
+
+def test_headline_reads_the_largest_network_and_every_methods_operating_points(tmp_path):
+    from benchmarks.report import headline
+    out = _folder(tmp_path / "res")
+    table = headline.write_headline([out], out).set_index("method")
+    assert list(table.index) == ["self_compression"]  # the only method with a curve here
+    row = table.loc["self_compression"]
+    assert row["within 1 point: bits %"] == "≤3.00 ± 0.00 (3)"  # width 0.5, the largest: within at 3%
+    assert row["seeds"] == 3 and row["grid points"] == 3
+    md = (out / "headline.md").read_text()
+    assert "resnet9x0.5" in md and (out / "figures" / "headline.png").stat().st_size > 0

@@ -93,7 +93,7 @@ def readings(curve: pd.DataFrame, size: str, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "precision", "seed", "value", "bound", "points"])
 
 
-def _summarise(r: pd.DataFrame) -> dict:
+def summarise_readings(r: pd.DataFrame) -> dict:
     """Mean ± std of one network's per-seed readings, as a bound where any seed's is censored."""
     if r.empty:
         return {"mean": math.nan, "std": math.nan, "seeds": 0, "bound": "", "text": "—"}
@@ -115,11 +115,11 @@ def scale_table(df: pd.DataFrame, method: str = "self_compression") -> pd.DataFr
         floats, controls = same[same.method == "float"], same[same.method == "float_control"]
         controls = controls[controls.schedule.isin(part.schedule)]  # the curve's own equal-budget control
         row = {"model": model, "precision": precision, "weights": int(part.weights_total.iloc[0]),
-               "float accuracy %": _pm(floats.accuracy), "control accuracy %": _pm(controls.accuracy),
+               "float accuracy %": mean_std_text(floats.accuracy), "control accuracy %": mean_std_text(controls.accuracy),
                "curve points": part.params.nunique(), "seeds": part.seed.nunique()}
         for threshold in THRESHOLDS:
             for size, name in SIZES.items():
-                s = _summarise(readings(part, size, threshold))
+                s = summarise_readings(readings(part, size, threshold))
                 row[f"{name} % within {threshold:g}"] = s["text"]
                 row[f"_{name}_{threshold:g}"] = (s["mean"], s["std"], s["bound"])
         rows.append(row)
@@ -136,7 +136,7 @@ def matched_diffq(df: pd.DataFrame) -> pd.DataFrame:
     return pairs[(pairs["method a"] == "diffq") & (pairs["method b"] == "self_compression")] if len(pairs) else pairs
 
 
-def _pm(values: pd.Series) -> str:
+def mean_std_text(values: pd.Series) -> str:
     if values.empty:
         return "—"
     return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "") + f" ({len(values)})"
@@ -176,10 +176,16 @@ def scale_figure(table: pd.DataFrame, folder: Path) -> None:
     _save(fig, folder, "scale")
 
 
+def load(folders: list[Path]) -> pd.DataFrame:
+    """The finished and failed runs of every folder, once each, CIFAR-10 only: the question is about it, and
+    a smoke run never answers it."""
+    df = pd.concat([collect(f) for f in folders], ignore_index=True).drop_duplicates("run_id")
+    return df[df.dataset != "synthetic"]
+
+
 def write_scale(folders: list[Path], dest: Path) -> pd.DataFrame:
     """``scale.md`` and ``figures/scale.{png,pdf}`` in ``dest`` from the runs of ``folders``."""
-    df = pd.concat([collect(f) for f in folders], ignore_index=True).drop_duplicates("run_id")
-    df = df[df.dataset != "synthetic"]  # the question is about CIFAR-10; a smoke run never answers it
+    df = load(folders)
     table = scale_table(df)
     lines = ["# Self-compression across network sizes", "",
              f"Rebuilt from {', '.join(f'`{f}/runs/`' for f in folders)} by `python -m benchmarks.report.scale "
