@@ -42,12 +42,14 @@ def one_thread():
 
 
 def run_folders(out: Path) -> dict[str, tuple]:
-    """Per run: its files, result.json and history without timings, and the packed model's bytes."""
+    """Per run: its files, result.json and history without timings and the executor's name, and the packed
+    model's bytes."""
     runs = {}
     for folder in sorted((out / "runs").iterdir()):
         result = {k: v for k, v in json.loads((folder / "result.json").read_text()).items()
                   if k not in ("train_seconds", "wall_seconds")}
         result["budget"] = {k: v for k, v in result.get("budget", {}).items() if not k.endswith("_seconds")}
+        result["environment"] = {k: v for k, v in result["environment"].items() if k != "executor"}  # which one ran it
         history = [{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "epoch_time_vs_float")}
                    for line in (folder / "history.jsonl").read_text().splitlines()]
         runs[folder.name] = (sorted(f.name for f in folder.iterdir()), result, history,
@@ -232,3 +234,9 @@ def test_missing_extra_names_it(executor, module, tmp_path, monkeypatch, capsys)
     assert main(tmp_path, "--preset", "smoke", "--executor", executor) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install 'scnn-bench[{executor}]'" in err[0]
+
+
+def test_each_run_records_the_executor_that_ran_it(reference, ray_cluster, tmp_path):
+    assert main(tmp_path, *GRID, "--executor", "ray", "--cpus-per-run", "1") == 0
+    executors = {json.loads(f.read_text())["environment"]["executor"] for f in (tmp_path / "runs").glob("*/result.json")}
+    assert executors == {"ray"}
