@@ -58,8 +58,9 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="training arithmetic; part of each run's id (default: auto, bf16 where the device runs it "
-                        "natively, else fp32); every score is taken in fp32 from the decoded file")
+                   help="training arithmetic; part of each run's id (default: auto: in a folder of runs, theirs; in a "
+                        "new one bf16 where the device runs it natively, else fp32); every score is taken in fp32 "
+                        "from the decoded file")
     p.add_argument("--bn-batches", type=int, metavar="N",
                    help="training batches over which every artifact's BatchNorm statistics are re-estimated before "
                         "it is scored (default: the preset's, 20; 0 keeps the training's statistics, as runs "
@@ -135,14 +136,19 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is empty; name a results folder (default: results/<preset>)")
     cluster = executors.from_args(args)  # None: the local executor
     device = pick_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    out = Path(args.out if args.out is not None else f"results/{preset.name}")
+    held = _folder_precisions(out) if args.precision == "auto" else set()
+    if len(held) == 1:  # a folder keeps the arithmetic it was trained in, whatever this host would pick
+        precision = held.pop()
+        log.info("--precision auto: %s, the precision of the runs already in %s", precision, out)
+    else:
+        precision = resolve_precision(args.precision, device)
     if cluster is not None and args.precision == "auto":
         log.info("--precision auto resolved on this machine to %s; pass it explicitly if the workers differ",
                  precision)
     # methods named on the command line must work; of all registered ones, broken plugins are skipped
     specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods),
                    precision=precision, bn_batches=args.bn_batches)
-    out = Path(args.out if args.out is not None else f"results/{preset.name}")
     _check_writable(out)
     _check_one_kind(out, specs, args.mix_runs)
     # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
@@ -226,6 +232,17 @@ def _kind(d: dict) -> tuple:
 
 def _describe(kind: tuple) -> str:
     return f"{kind[0]} {kind[1]} (float model {kind[2]} epochs)"
+
+
+def _folder_precisions(out: Path) -> set[str]:
+    """The training precisions of the runs a results folder holds (empty for a new folder)."""
+    found = set()
+    for f in (out / "runs").glob("*/config.json"):
+        try:
+            found.add(json.loads(f.read_text())["train"]["precision"])
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged folder: the grid names and redoes it
+            continue
+    return found
 
 
 def _check_one_kind(out: Path, specs: list, mix: bool) -> None:

@@ -12,6 +12,7 @@ point, the means differ by less than the larger of the two stds. Prints Markdown
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,14 +27,16 @@ def precision_table(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
     """One row per grid point present in both run tables (``tables.collect``), finished runs only."""
     a = fp32[(fp32.status == "ok") & (fp32.precision == "fp32")]
     b = bf16[(bf16.status == "ok") & (bf16.precision == "bf16")]
-    both = a[KEYS + ["accuracy", "series"]].merge(b[KEYS + ["accuracy"]], on=KEYS, suffixes=("_fp32", "_bf16"))
+    both = a[KEYS + ["accuracy", "knob"]].merge(b[KEYS + ["accuracy"]], on=KEYS, suffixes=("_fp32", "_bf16"))
     rows = []
-    for (series, params, model), g in both.groupby(["series", "params", "model"], sort=True):
+    for (method, params, model), g in both.groupby(["method", "params", "model"], sort=True):
         m32, s32 = g.accuracy_fp32.mean(), g.accuracy_fp32.std()
         m16, s16 = g.accuracy_bf16.mean(), g.accuracy_bf16.std()
         d = g.accuracy_bf16 - g.accuracy_fp32
         larger = max(s32, s16)
-        rows.append({"method": series, "params": params, "model": model, "seeds": len(g),
+        knob = g.knob.dropna().iloc[0] if g.knob.notna().any() else None
+        rows.append({"method": method, "setting": f"{knob}={json.loads(params)[knob]}" if knob else "—",
+                     "model": model, "seeds": len(g),
                      "fp32 accuracy %": plus_minus(m32, s32, 2), "bf16 accuracy %": plus_minus(m16, s16, 2),
                      "bf16 − fp32 (points)": plus_minus(d.mean(), d.std(), 2).replace("-", "−"),
                      "|difference of means|": abs(m16 - m32), "larger std": larger,

@@ -434,3 +434,17 @@ def test_a_damaged_folder_is_named_once_by_the_report(tmp_path, grid, caplog):
     with caplog.at_level(logging.WARNING):
         assert figures.main([str(tmp_path)]) == 0
     assert sum(victim.name in r.getMessage() for r in caplog.records) == 1
+
+
+def test_auto_precision_keeps_the_arithmetic_of_the_runs_a_folder_holds(tmp_path, grid, monkeypatch):
+    """Where auto would pick bf16 (a native host with the evidence), a folder of fp32 runs stays fp32, so that
+    `make run` on a fresh clone reuses the committed runs instead of training a bf16 copy beside them."""
+    from benchmarks import device
+    assert grid(tmp_path, "--methods", "float", "--precision", "fp32")[0] == 0
+    monkeypatch.setattr(device, "native_bf16", lambda *a, **k: True)
+    monkeypatch.setattr(device, "AUTO_PICKS_BF16", True)
+    code, runs, log = grid(tmp_path, "--methods", "float")
+    assert code == 0 and runs == [] and any("the precision of the runs already in" in line for line in log)
+    code, runs, _ = grid(tmp_path / "new", "--methods", "float")  # a new folder takes the host's choice
+    df = pd.read_csv(tmp_path / "new" / "results.csv")
+    assert code == 0 and len(runs) == 1 and list(df.precision) == ["bf16"]

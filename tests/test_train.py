@@ -228,7 +228,7 @@ def test_precision_rule_against_a_hand_example():
     pt = load_experiment("precision_table")
 
     def runs(precision, accs):
-        return pd.DataFrame([{"method": m, "series": m, "params": "{}", "model": "resnet9x0.25", "dataset": "c",
+        return pd.DataFrame([{"method": m, "knob": None, "params": "{}", "model": "resnet9x0.25", "dataset": "c",
                               "data_fingerprint": "d", "bn_batches": 20, "seed": i, "accuracy": a,
                               "status": "ok", "precision": precision}
                              for m, seeds in accs.items() for i, a in enumerate(seeds)])
