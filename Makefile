@@ -11,7 +11,7 @@ export SCNN_DATA
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,coded,ray,slurm]'
+	$(PY) -m pip install -q -e '.[test,coded,ray,slurm,deploy]'
 	touch $@
 
 .PHONY: run test

@@ -24,6 +24,7 @@ COMMANDS = {
     "headline": ("benchmarks.report.headline", "every method on the largest network measured: the README's table"),
     "speed": ("benchmarks.timing.speed", "measured inference speed and MACs of every finished run"),
     "step-speed": ("benchmarks.timing.step_speed", "training-step cost of each method against float"),
+    "export": ("benchmarks.export", "every finished run as an ONNX model, 8-bit where codes fit, checked in onnxruntime"),
     "inspect": ("benchmarks.accounting.inspect", "size report of one packed model file, from the file alone"),
     "compare": ("benchmarks.report.compare", "a reproduction against stored reference runs, run by run"),
     "describe": (None, "a method's parameters, defaults and grids; without a name, every method"),

@@ -17,7 +17,7 @@ LAYERS = [
     ["benchmarks.train", "benchmarks.timing", "benchmarks.timing.steps"],
     ["benchmarks.harness", "benchmarks.harness.*"],
     ["benchmarks.report", "benchmarks.report.*", "benchmarks.timing.*", "benchmarks.accounting.inspect",
-     "benchmarks.accounting.repack"],
+     "benchmarks.accounting.repack", "benchmarks.export"],
     ["run_all", "benchmarks.run", "benchmarks.cli", "experiments.*"],
 ]
 

@@ -170,6 +170,7 @@ def roll_forward(folder: Path) -> None:
     for name in RUN_FILES:
         if (stage / name).exists():
             os.replace(stage / name, folder / name)
+    (folder / "model.onnx").unlink(missing_ok=True)  # exported from the old model.packed (benchmarks.export)
     (folder / RERUN_REQUEST).unlink(missing_ok=True)
     shutil.rmtree(stage, ignore_errors=True)
 

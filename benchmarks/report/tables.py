@@ -19,7 +19,7 @@ COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "pre
            "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct",
            "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values",
            "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
-           "packed_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
+           "packed_bytes", "onnx_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
            "schedule", "float_digest", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
 SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
 SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
@@ -65,7 +65,10 @@ def collect(out: str | Path) -> pd.DataFrame:
     speed = read_speed(out)
     if not speed.empty:
         df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
-    return df.astype({k: float for k in ("accuracy_before_calibration", "coded_bits", "coded_bits_pct",
+    onnx = read_onnx(out)
+    if not onnx.empty:
+        df = df.drop(columns=["onnx_bytes"]).merge(onnx, on="run_id", how="left")[COLUMNS]
+    return df.astype({k: float for k in ("accuracy_before_calibration", "coded_bits", "coded_bits_pct", "onnx_bytes",
                                          "code_entropy_bits", *SPEED_KEYS, *BUDGET_KEYS, "control_accuracy",
                                          "vs_control")})
 
@@ -139,6 +142,19 @@ def read_speed(out: str | Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def read_onnx(out: str | Path) -> pd.DataFrame:
+    """``run_id`` and ``onnx_bytes`` of ``<out>/onnx.csv`` (``benchmarks.export``); empty when there is none or
+    it does not parse (then one warning says so)."""
+    f = Path(out) / "onnx.csv"
+    if not f.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(f)[["run_id", "onnx_bytes"]].drop_duplicates("run_id")
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("%s does not parse (%s); ONNX sizes left out, rerun python -m benchmarks.export", f, e)
+        return pd.DataFrame()
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
@@ -146,7 +162,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     keys = ["method", "series", "params", "model", "precision", "dataset", "data_fingerprint", "epochs", "bn_batches"]
     vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
             "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
-            "packed_bytes", "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs",
+            "packed_bytes", "onnx_bytes", "macs_remaining_pct", "infer_speedup", "control_accuracy", "vs_control", "float_epochs",
             "method_epochs"]
     if ok.empty:
         return pd.DataFrame(columns=keys + ["seeds"] + [f"{v}_{s}" for v in vals for s in ("mean", "std")])
@@ -200,6 +216,8 @@ def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFram
                 f"{a:.2f} ({b:.2f})" for a, b in zip(part.value_entropy_per_weight_mean,
                                                      part.value_entropy_per_weight_nonzero_mean)],
             "packed bytes": part.packed_bytes_mean.round(0).astype(int),
+            **({"ONNX bytes (benchmarks.export)": part.onnx_bytes_mean.round(0)}
+               if part.onnx_bytes_mean.notna().any() else {}),
             **({"MACs remaining %": part.macs_remaining_pct_mean.round(1),
                 "inference speed-up (batch 256)": part.infer_speedup_mean.round(2)}
                if part.infer_speedup_mean.notna().any() else {}),
