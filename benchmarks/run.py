@@ -32,7 +32,7 @@ from benchmarks.harness.rundir import read_result, request_rerun
 from benchmarks.models import model_label, parse_model
 from benchmarks.report.figures import build_all
 from benchmarks.device import pick_device, resolve_precision
-from benchmarks.train import float_cache_path, float_digest, request_float_retraining
+from benchmarks.float_cache import float_cache_path, float_digest, request_float_retraining
 from methods import ConfigError, UnknownMethodError, available_methods, get_method
 from methods.registry import PLUGIN_ERRORS
 

@@ -1,29 +1,22 @@
 """The one training loop every method runs in, knowing methods only through the ``Method`` hooks."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import pickle
 import random
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmarks.checkpoints import load_checkpoint, save_checkpoint
 from benchmarks.data import Dataset, Split, batches, normalize
 from benchmarks.device import PRECISIONS
-from benchmarks.files import RunFileError, read_history, replacing
-from benchmarks.models import ModelSpec, build_model
-from benchmarks.topology import fit_shapes_
 from methods.base import Method, Phase
 
 log = logging.getLogger(__name__)
@@ -93,33 +86,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, flip_tta: b
         correct += (logits.argmax(1) == split.labels[i:i + batch_size]).sum().item()
     model.train(was)
     return 100.0 * correct / len(split)
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, split: Split, n_batches: int, batch_size: int = 512,
-                         seed: int = 0) -> nn.Module:
-    """Replace every BatchNorm's running mean and variance by their plain average over ``n_batches``
-    augmented training batches of the network as it now is (weights untouched). Running statistics are an
-    exponential average over training steps, so they lag weights that moved late (bit depths falling at the
-    end of a schedule): this measures how much accuracy that lag costs."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    was = model.training
-    model.train()
-    gen = torch.Generator().manual_seed(seed)
-    channels_last = split.images.device.type == "cpu"
-    with torch.no_grad():  # the statistics update in the forward pass; no graph is needed
-        for i, (x, _) in enumerate(batches(split, batch_size, gen, train=True, channels_last=channels_last)):
-            if i == n_batches:
-                break
-            model(x)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.train(was)
-    return model
 
 
 def train(method: Method, model: nn.Module, data: Dataset, cfg: TrainConfig,
@@ -228,95 +194,6 @@ def train_step(method: Method, model: nn.Module, opts: list[torch.optim.Optimize
     return stats
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, opts: list, gen: torch.Generator,
-                    **progress: Any) -> None:
-    """Everything that decides the rest of a run: weights (of whatever shape surgery left), the method's own
-    state, optimizer moments and every random stream, written atomically."""
-    rng = {"gen": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {"model": model.state_dict(), "method": method.state_dict(),
-             "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
-    with replacing(Path(path)) as tmp:
-        torch.save(state, tmp)
-
-
-class StaleCheckpoint(RuntimeError):
-    """A checkpoint that does not fit the run (other code wrote it); it has been removed, so the run can
-    start afresh."""
-
-
-def _brief(e: Exception) -> str:
-    """An exception as one line: its type and the first line of its message. PyTorch's refusal of a pickle
-    that is not plain data advises loading it unsafely; that advice is never relayed."""
-    text = str(e).strip()
-    if isinstance(e, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
-        return "it holds objects other than plain tensors and numbers, which are never loaded: loading them could run code"
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def _discard(path: Path, why: str) -> None:
-    log.warning("checkpoint %s %s; removed it, the run starts afresh", path, why)
-    path.unlink(missing_ok=True)
-
-
-def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
-    """(epochs done, training seconds spent) of a checkpoint, (0, 0) when there is none or it is unreadable
-    (then it is removed with one warning)."""
-    path = Path(path)
-    if not path.is_file():
-        return 0, 0.0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: nothing executes
-        return int(state["epoch_index"]), float(state["elapsed"])
-    except Exception as e:  # torn write, a foreign or crafted file, older code
-        _discard(path, f"is unreadable ({_brief(e)})")
-        return 0, 0.0
-
-
-def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
-    """Keep the history records of the epochs a checkpoint covers (later ones are redone) and return them
-    with the training seconds already spent; a run without a usable checkpoint starts an empty history.
-    A history that does not hold the checkpoint's epochs intact cannot be continued: the checkpoint goes."""
-    done, elapsed = checkpoint_progress(checkpoint)
-    records: list[dict] = []
-    if done:
-        try:
-            # only the checkpoint's epochs: a line torn by the interruption lies after them
-            records = read_history(history, strict=True, limit=done) if history.is_file() else []
-        except RunFileError as e:
-            records = []
-            _discard(checkpoint, f"goes with a broken history ({e})")
-        if len(records) != done or [r.get("epoch") for r in records] != list(range(1, done + 1)):
-            if Path(checkpoint).is_file():
-                _discard(checkpoint, f"covers {done} epochs but {history.name} holds {len(records)} of them")
-            records, elapsed = [], 0.0
-    history.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return records, elapsed
-
-
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, gen: torch.Generator) -> dict | None:
-    if not Path(path).is_file():
-        return None
-    device = next(model.parameters()).device
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        fit_shapes_(model, state["model"])
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
-    except Exception as e:  # written by other code: never half-resume
-        _discard(Path(path), f"does not fit this run ({_brief(e)})")
-        raise StaleCheckpoint(f"checkpoint {path} does not fit this run") from None
-    rng = state["rng"]
-    gen.set_state(rng["gen"].cpu())
-    torch.set_rng_state(rng["torch"].cpu())
-    random.setstate(rng["python"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"]])
-    log.info("resuming from %s after epoch %d", path, state["epoch_index"])
-    return state
-
-
 def build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainConfig):
     """A fresh optimizer for the weights (per phase) and one per extra parameter group of the method."""
     lr = phase.lr if phase.lr is not None else cfg.lr
@@ -330,98 +207,5 @@ def build_optimizers(method: Method, model: nn.Module, phase: Phase, cfg: TrainC
     return opts, bases
 
 
-def float_cache_path(cache_dir: str | os.PathLike, spec: ModelSpec, data_fingerprint: str, cfg: TrainConfig) -> Path:
-    """Where the float model of (net, data content, schedule with its seed) is cached."""
-    key = hashlib.sha256(json.dumps([spec.as_dict(), data_fingerprint, asdict(cfg)], sort_keys=True).encode())
-    return Path(cache_dir) / f"float-{key.hexdigest()[:16]}.pt"
-
-
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, (n_train + batch_size // 2) // batch_size)
-
-
-def state_digest(model: nn.Module) -> str:
-    """A content hash (16 hex digits) of a network's parameters and buffers, BatchNorm's batch counters aside:
-    which float model a run started from. Runs record it because a lost cache entry trained again under the
-    same seed on another CPU gives different weights (seed 2 of the `cpu` net: 86.97% against 87.31%)."""
-    return _digest(model.state_dict())
-
-
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        if not name.endswith("num_batches_tracked"):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def request_float_retraining(path: Path) -> None:
-    """Mark the cached float model at ``path`` to be trained again by the next ``float_model`` call (``run_all.py
-    --retrain-float``); the cached one stays in use until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_suffix(".lock")):
-        path.with_suffix(".retrain").touch()
-
-
-def float_digest(path: Path) -> str | None:
-    """``state_digest`` of the cached float model at ``path`` (None when it does not load): which runs
-    started from it (``result.json``'s ``budget.float_digest``)."""
-    try:
-        return _digest(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-    except Exception:  # unreadable: nothing can have started from it as it is
-        return None
-
-
-def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str | os.PathLike,
-                progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained float model for (model, data content, schedule, seed), trained once and then read from
-    the cache. Returns the model (on the data's device) and the cache entry's metadata (history, time, and
-    ``digest``: ``state_digest`` of the model, computed from the weights, not read from the file).
-
-    The entry is trained under a file lock, so concurrent grids wait for one another instead of training
-    it twice; an unreadable entry is named in one warning and trained again. An entry marked for retraining
-    (``request_float_retraining``) is trained again and replaces the old one only once complete: an
-    interrupted retraining leaves the old entry in use and resumes next time it is asked for."""
-    path = float_cache_path(cache_dir, spec, data.fingerprint, cfg)
-    device = data.train.images.device
-    retrain = path.with_suffix(".retrain")
-
-    def fresh() -> nn.Module:  # the seeded initial model; rebuilt when a cache entry or checkpoint fails
-        seed_everything(cfg.seed)
-        return build_model(spec).to(device)
-
-    model = fresh()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_suffix(".lock")):
-        if path.is_file() and not retrain.exists():
-            try:
-                blob = torch.load(path, map_location=device, weights_only=True)
-                model.load_state_dict(blob["state_dict"])
-                return model, {**blob["meta"], "digest": state_digest(model)}
-            except Exception as e:  # torn, foreign, or written for another net
-                log.warning("float-model cache %s is unreadable (%s); training it again", path, _brief(e))
-                path.unlink()
-                model = fresh()
-        ckpt, hist = path.with_suffix(".ckpt"), path.with_suffix(".history.jsonl")
-        history, elapsed = resume_history(hist, ckpt)
-
-        def on_epoch(record: dict) -> None:
-            history.append(record)
-            with open(hist, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-        t0 = time.perf_counter()
-        try:
-            train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
-        except StaleCheckpoint:  # removed: train the entry from the start
-            history, elapsed = resume_history(hist, ckpt)
-            model = fresh()
-            train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
-        meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": path.stem}
-        with replacing(path) as tmp:
-            torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-        ckpt.unlink(missing_ok=True)
-        hist.unlink(missing_ok=True)
-        retrain.unlink(missing_ok=True)
-    return model, {**meta, "digest": state_digest(model)}

@@ -16,7 +16,8 @@ from benchmarks.harness.grid import bind_data, expand
 from benchmarks.harness.presets import get_preset
 from benchmarks.models import topology
 from benchmarks.report.tables import series_names
-from benchmarks.train import evaluate, reestimate_batchnorm
+from benchmarks.harness.calibration import reestimate_batchnorm
+from benchmarks.train import evaluate
 from tests.conftest import load_experiment, randomize_bn
 
 
@@ -70,7 +71,7 @@ def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_ne
 
 
 def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch):
-    args = ["--preset", "smoke", "--out", str(tmp_path / "r"), "-q", "--methods", "float"]
+    args = ["--preset", "smoke", "--out", str(tmp_path / "r"), "-q", "--methods", "float", "--precision", "fp32"]
     assert run_all.main([*args, "--bn-batches", "0"]) == 0
     (old,) = (tmp_path / "r" / "runs").iterdir()
     before = json.loads((old / "result.json").read_text())

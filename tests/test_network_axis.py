@@ -12,7 +12,7 @@ from benchmarks.harness.presets import get_preset
 from benchmarks.models import ModelSpec, model_label, parse_model
 from benchmarks.report.paired import paired
 from benchmarks.report.tables import near_float, summary
-from benchmarks.train import float_cache_path
+from benchmarks.float_cache import float_cache_path
 
 
 @pytest.mark.parametrize("text, spec", [("resnet9x0.5", ModelSpec("resnet9", 0.5)),

@@ -22,7 +22,7 @@ from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
 from benchmarks.harness.presets import get_preset
 from benchmarks.harness.runner import execute
 from benchmarks.report import compare, figures
-from benchmarks.train import float_cache_path
+from benchmarks.float_cache import float_cache_path
 from test_data import write_fake_cifar
 
 ROOT = Path(__file__).resolve().parents[1]

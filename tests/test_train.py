@@ -5,7 +5,9 @@ import torch
 
 from benchmarks.data import batches, make_synthetic
 from benchmarks.models import ModelSpec, build_model, describe
-from benchmarks.train import TrainConfig, evaluate, float_model, reestimate_batchnorm, state_digest, train
+from benchmarks.float_cache import float_model, state_digest
+from benchmarks.harness.calibration import reestimate_batchnorm
+from benchmarks.train import TrainConfig, evaluate, train
 from methods import Method, ParamGroup, Phase
 
 CFG = TrainConfig(epochs=2, batch_size=128, lr=0.1)
@@ -82,7 +84,7 @@ def test_float_model_cache_reuses_training(tmp_path, monkeypatch):
     data = make_synthetic(n_train=256, n_test=64)
     spec = ModelSpec("tinycnn")
     m1, meta1 = float_model(spec, data, CFG, tmp_path, progress=False)
-    monkeypatch.setattr("benchmarks.train.train", lambda *a, **k: pytest.fail("retrained a cached float model"))
+    monkeypatch.setattr("benchmarks.float_cache.train", lambda *a, **k: pytest.fail("retrained a cached float model"))
     m2, meta2 = float_model(spec, data, CFG, tmp_path, progress=False)
     assert len(list(tmp_path.glob("float-*.pt"))) == 1 and meta1["key"] == meta2["key"]
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
@@ -109,7 +111,7 @@ def test_describe_counts_weights_and_macs():
 def test_resume_keeps_a_checkpoint_whose_history_has_a_torn_line_after_its_epochs(tmp_path):
     """An interruption can tear the history line being written after the last checkpoint: the checkpoint's
     epochs are intact, so the run resumes from it instead of starting afresh."""
-    from benchmarks.train import resume_history
+    from benchmarks.checkpoints import resume_history
 
     ckpt, hist = tmp_path / "checkpoint.pt", tmp_path / "history.jsonl"
     torch.save({"epoch_index": 2, "elapsed": 5.0}, ckpt)

@@ -27,15 +27,42 @@ from torch import nn
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import CompressedModel, dead_outputs, to_module
-from benchmarks.data import Dataset, Split
+from benchmarks.data import Dataset, Split, batches
 from benchmarks.harness.rundir import packed_digest
 from benchmarks.topology import dead_space_channels
-from benchmarks.train import evaluate, reestimate_batchnorm
+from benchmarks.train import evaluate
 
 #: training batches a grid calibrates every artifact with unless told otherwise (``run_all.py --bn-batches``):
 #: 20 batches of 512 are ~10k images, a fifth of a CIFAR-10 epoch, as in the measurements above
 BN_BATCHES = 20
 STATS = ("running_mean", "running_var")
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, split: Split, n_batches: int, batch_size: int = 512,
+                         seed: int = 0) -> nn.Module:
+    """Replace every BatchNorm's running mean and variance by their plain average over ``n_batches``
+    augmented training batches of the network as it now is (weights untouched). Running statistics are an
+    exponential average over training steps, so they lag weights that moved late (bit depths falling at the
+    end of a schedule): this measures how much accuracy that lag costs."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was = model.training
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    channels_last = split.images.device.type == "cpu"
+    with torch.no_grad():  # the statistics update in the forward pass; no graph is needed
+        for i, (x, _) in enumerate(batches(split, batch_size, gen, train=True, channels_last=channels_last)):
+            if i == n_batches:
+                break
+            model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was)
+    return model
 
 
 def calibrate_batchnorm(cm: CompressedModel, split: Split, n_batches: int, batch_size: int,

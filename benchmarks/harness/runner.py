@@ -35,8 +35,9 @@ from benchmarks.harness import rundir
 from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.timing.steps import float_step_seconds
-from benchmarks.train import (StaleCheckpoint, TrainConfig, float_model, resume_history,
-                              seed_everything, steps_per_epoch, train)
+from benchmarks.checkpoints import StaleCheckpoint, resume_history
+from benchmarks.float_cache import float_model
+from benchmarks.train import TrainConfig, seed_everything, steps_per_epoch, train
 from methods import get_method
 
 log = logging.getLogger(__name__)
