@@ -14,9 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,coded,ray,slurm,deploy]'
 	touch $@
 
-.PHONY: run test
+.PHONY: run test test-fast
 run: $(VENV)/.installed
 	$(PY) run_all.py $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# everyday work: everything but the end-to-end grids, subprocesses and clusters (CI runs `make test`)
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"

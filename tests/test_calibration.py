@@ -70,6 +70,7 @@ def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_ne
     assert list(series_names(runs)) == ["float bn_batches=0", "float bn_batches=20", "diffq bn_batches=20"]
 
 
+@pytest.mark.slow
 def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch):
     args = ["--preset", "smoke", "--out", str(tmp_path / "r"), "-q", "--methods", "float", "--precision", "fp32"]
     assert run_all.main([*args, "--bn-batches", "0"]) == 0
@@ -103,6 +104,7 @@ def test_old_runs_get_calibrated_twins_that_a_grid_reuses(tmp_path, monkeypatch)
     assert calibrate_runs.main([str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.slow
 def test_bn_reestimation_measures_only_the_methods_asked_for_and_keeps_the_other_rows(tmp_path):
     """Measuring one method's runs must not drop the rows another method's runs already have in the file."""
     script = load_experiment("bn_reestimation")

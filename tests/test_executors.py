@@ -19,6 +19,8 @@ import torch
 import run_all
 from benchmarks.harness import executors
 
+pytestmark = pytest.mark.slow  # end-to-end: grids, subprocesses, clusters
+
 # float, a run from scratch and a run fine-tuning the float model: both waves of a cluster grid
 GRID = ["--preset", "smoke", "--methods", "float,self_compression,weight_fixing", "--grid",
         "self_compression.gamma=0.3", "--grid", "weight_fixing.delta=0.01", "-q"]

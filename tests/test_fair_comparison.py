@@ -45,6 +45,7 @@ def test_float_control_refuses_a_non_method():
         get_method("float_control").from_params(like="nope")
 
 
+@pytest.mark.slow
 def test_three_seed_smoke_grid_gives_mean_std_rows_against_the_control(tmp_path, monkeypatch):
     # no --seeds: the preset's own seeds apply (cpu and paper run three; smoke one, patched to three here)
     assert get_preset("cpu").seeds == get_preset("paper").seeds == (0, 1, 2)

@@ -24,6 +24,7 @@ def smoke(out, *extra):
     return run_all.main(["--preset", "smoke", "--out", str(out), "-q", *extra])
 
 
+@pytest.mark.slow
 def test_smoke_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert smoke(tmp_path, "--grid", "self_compression.gamma=0.003,0.3") == 0
     df = pd.read_csv(tmp_path / "results.csv")
@@ -60,6 +61,7 @@ class NanMethod(Method):
         return torch.tensor(float("nan"))
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     register("_nan_method")(NanMethod)
     code = smoke(tmp_path, "--methods", "_nan_method,float")
@@ -81,6 +83,7 @@ def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     (["--preset", "smoke", "--jobs", "0"], "--jobs must be at least 1"),
     (["--preset", "smoke", "--bn-batches", "-1"], "--bn-batches must be 0 (off) or more"),
 ])
+@pytest.mark.slow
 def test_bad_input_one_line_exit_2(args, message, tmp_path):
     p = subprocess.run([sys.executable, "run_all.py", "--out", str(tmp_path), *args], cwd=ROOT,
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SCNN_OFFLINE": "1"})
@@ -135,6 +138,7 @@ def test_grid_expansion_and_run_ids_ignore_device_and_paths():
 @pytest.mark.parametrize("grid, die_at, done", [("self_compression.gamma=0.3", 3, 2),  # after channel removal
                                                 ("diffq.lam=1.0", 2, 1),  # noise drawn from the global RNG
                                                 ("weight_fixing.delta=0.05", 7, 3)])  # mid-way through the rounds
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid, die_at, done):
     """A run killed during an epoch resumes from the last epoch checkpoint and ends where an uninterrupted
     run ends: the same history and the same compressed model."""
@@ -177,6 +181,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, grid
     assert not (folder / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     """The README's example plugin, pip-installed, is found through the ``scnn_bench.methods`` entry points
     and runs like a built-in; a second, broken plugin is reported by name and the others still run."""
@@ -212,6 +217,7 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
     assert "scnn-bench (methods.diffq)" in last and "package clash-plugin" in last
 
 
+@pytest.mark.slow
 def test_parallel_jobs(tmp_path):
     """--jobs 2 runs grid points in spawned worker processes into the same folders and table."""
     assert smoke(tmp_path, "--methods", "float,self_compression", "--grid", "self_compression.gamma=0.003,0.3",
@@ -403,6 +409,7 @@ def test_accuracy_table_names_curves_by_what_they_change_and_pairs_each_point_wi
     assert t.iloc[3]["vs control (points)"] == "−4.00" and t.iloc[1]["equal-budget control %"] == "—"
 
 
+@pytest.mark.slow
 def test_scnn_bench_lists_its_subcommands_and_runs_them(tmp_path):
     from benchmarks import cli
     p = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], cwd=ROOT, capture_output=True, text=True)

@@ -56,6 +56,7 @@ def test_two_widths_never_share_a_run_folder_or_a_float_model():
     assert [strip(s) for s in quarter] == [strip(s) for s in half]
 
 
+@pytest.mark.slow
 def test_model_flag_reaches_the_run_folders(tmp_path):
     assert run_all.main(["--preset", "smoke", "--methods", "float", "--model", "tinycnnx0.5", "--out",
                          str(tmp_path), "-q"]) == 0

@@ -160,6 +160,7 @@ def test_a_layer_of_constant_codes_costs_almost_nothing():
 
 @pytest.mark.skipif(not STORED, reason="no stored results/**/model.packed")
 @pytest.mark.parametrize("path", STORED, ids=lambda p: Path(p).parent.name)
+@pytest.mark.slow
 def test_stored_version_1_files_load_with_their_recorded_numbers(path):
     cm, layout = packing.read_file(path)
     recorded = json.loads((Path(path).parent / "result.json").read_text())["size"]
@@ -328,6 +329,7 @@ def test_a_reader_written_from_the_readme_alone_agrees(case):
 
 
 @pytest.mark.skipif(not STORED, reason="no stored runs in results/")
+@pytest.mark.slow
 def test_repack_rewrites_a_copy_of_stored_v1_runs_as_v2(tmp_path, capsys):
     """``benchmarks.accounting.repack --into`` measures stored v1 runs in the current format without retraining: the
     same network, the same fixed-length bits, now with coded bits; the original folder is left as it was."""

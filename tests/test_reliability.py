@@ -25,6 +25,8 @@ from benchmarks.report import compare, figures
 from benchmarks.float_cache import float_cache_path
 from test_data import write_fake_cifar
 
+pytestmark = pytest.mark.slow  # end-to-end: grids, subprocesses, clusters
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.3"]
 

@@ -128,6 +128,7 @@ def test_channel_removal_preserves_outputs(spec):
     assert torch.allclose(decoded(x), after, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_with_large_gamma_removes_channels_and_small_gamma_keeps_accuracy():
     data = make_synthetic(n_train=1024, n_test=256)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)

@@ -1,5 +1,6 @@
 """benchmarks.timing.speed: one row per finished run, positive timings, MACs equal to a direct count."""
 import pandas as pd
+import pytest
 import torch
 
 import run_all
@@ -31,6 +32,7 @@ def test_macs_hand_count_of_tinycnn_and_a_pruned_copy():
     assert speed.count_macs(model) < expected
 
 
+@pytest.mark.slow
 def test_speed_on_the_smoke_grid(tmp_path, capsys):
     out = tmp_path / "out"
     assert run_all.main(["--preset", "smoke", "--out", str(out), "-q", "--methods", "float,self_compression",

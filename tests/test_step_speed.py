@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from benchmarks.timing import step_speed, steps
 
@@ -23,6 +24,7 @@ def test_step_speed_refuses_bad_input(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
 
 
+@pytest.mark.slow
 def test_every_epoch_records_its_step_time_against_a_float_step(tmp_path):
     import json
     import random

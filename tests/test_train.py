@@ -13,6 +13,7 @@ from methods import Method, ParamGroup, Phase
 CFG = TrainConfig(epochs=2, batch_size=128, lr=0.1)
 
 
+@pytest.mark.slow
 def test_synthetic_training_lowers_loss_and_beats_chance():
     data = make_synthetic(n_train=1024, n_test=256)
     model = build_model(ModelSpec("tinycnn"))

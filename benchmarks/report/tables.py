@@ -159,6 +159,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
     ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
     ok = ok if "precision" in ok else ok.assign(precision="fp32")  # a hand-built frame without the column
+    ok = ok if "onnx_bytes" in ok else ok.assign(onnx_bytes=float("nan"))
     keys = ["method", "series", "params", "model", "precision", "dataset", "data_fingerprint", "epochs", "bn_batches"]
     vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
             "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
