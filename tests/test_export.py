@@ -86,3 +86,19 @@ def test_a_path_without_runs_is_one_line_exit_2(tmp_path, capsys):
     assert export.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a run folder nor a results folder" in err[0]
+
+
+@pytest.mark.slow
+def test_onnxruntime_speed_rows_and_figure(smoke, capsys):
+    from benchmarks.timing import speed
+    export.main([str(smoke)])
+    assert speed.main([str(smoke), "--runtime", "onnxruntime", "--repeats", "1", "--seconds", "0.02"]) == 0
+    df = __import__("pandas").read_csv(smoke / "speed_onnxruntime.csv")
+    assert len(df) == 4 and set(df.runtime) == {"onnxruntime"}
+    assert (df[["latency_ms_b1", "throughput_b256", "infer_speedup"]] > 0).all().all()
+    assert (df.float_throughput_b256 > 0).all() and df.float_latency_ms_b1.nunique() == 1  # one yardstick
+    assert (smoke / "figures" / "accuracy_vs_speedup_by_runtime.png").is_file()
+    (smoke / "runs" / df.run_id.iloc[0] / "model.onnx").unlink()
+    capsys.readouterr()
+    assert speed.main([str(smoke), "--runtime", "onnxruntime", "--repeats", "1"]) == 2
+    assert "has no model.onnx; run python -m benchmarks.export" in capsys.readouterr().err

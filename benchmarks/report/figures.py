@@ -110,6 +110,35 @@ def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
     return True
 
 
+def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path) -> bool:
+    """Accuracy against measured speed-up at batch 256, one panel per runtime: PyTorch eager (``speed.csv``)
+    and onnxruntime (``speed_onnxruntime.csv``, every run's ``model.onnx``); points are means over seeds."""
+    f = out / "speed_onnxruntime.csv"
+    if not f.is_file():
+        return False
+    try:
+        ort = pd.read_csv(f)[["run_id", "infer_speedup"]].rename(columns={"infer_speedup": "ort_speedup"})
+    except (OSError, ValueError, KeyError):
+        return False
+    runs = df[df.status == "ok"].merge(ort, on="run_id", how="left")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained", sharey=True)
+    for ax, column, title in ((axes[0], "infer_speedup", "PyTorch eager (CPU)"),
+                              (axes[1], "ort_speedup", "onnxruntime (CPU provider)")):
+        for (series, model), part in runs.dropna(subset=[column]).groupby(["series", "model"]):
+            g = part.groupby("params")[[column, "accuracy"]].agg(["mean", "std"])
+            ax.errorbar(g[(column, "mean")], g[("accuracy", "mean")], xerr=g[(column, "std")].fillna(0),
+                        yerr=g[("accuracy", "std")].fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{series} ({model})")
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("inference speed-up over the float net (batch 256, measured)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test accuracy of the exported model (%)")
+    handles, names = axes[1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=7)
+    _save(fig, folder, "accuracy_vs_speedup_by_runtime")
+    return True
+
+
 def _runs(out: Path, method: str) -> list[dict]:
     """The finished results (``result.json``) of ``method`` in ``out``, in folder order (broken files are
     named in a warning and skipped, never fatal)."""
@@ -259,6 +288,7 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
         accuracy_figure(s, "coded_bits", folder)
     if not s.empty:
         speedup_figure(s, folder)
+        runtime_speedup_figure(out, df, folder)
     training_curve_figure(out, folder)
     layers_figure(out, folder)
     weight_fixing_figure(out, folder)

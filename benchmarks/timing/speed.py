@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -125,6 +126,59 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
     return pd.DataFrame(rows)
 
 
+def _ort_seconds(session, x: np.ndarray, min_seconds: float) -> float:
+    """Seconds per ``session.run`` of ``x``, averaged over runs repeated for at least ``min_seconds``."""
+    session.run(["logits"], {"images": x})  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while True:
+        session.run(["logits"], {"images": x})
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / n
+
+
+def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True,
+                        min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+    """Time every finished run's ``model.onnx`` (``benchmarks.export``) against the float run's, in
+    onnxruntime's CPU provider with its default optimizations (what a deployment gets), interleaved as
+    ``measure`` does; one row per run. ``ValueError`` when a run or the float run has no ``model.onnx``."""
+    from benchmarks.export import session  # the deploy extra: imported only when asked for
+
+    runs = []
+    for folder in sorted(d for d in Path(out).glob("runs/*") if d.is_dir()):
+        r = finished(folder)
+        if r is None:
+            continue
+        if not (folder / "model.onnx").is_file():
+            raise ValueError(f"run {folder.name} has no model.onnx; run python -m benchmarks.export {out} first")
+        runs.append((r, session((folder / "model.onnx").read_bytes(), exact=False)))
+    floats = [s for r, s in runs if r["spec"]["method"] == "float"]
+    if not floats:
+        raise ValueError(f"{out} has no finished float run to time against; run its float point first")
+    ref = floats[0]
+    xs = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in BATCHES}
+    times = {(r["run_id"], b): [] for r, _ in runs for b in BATCHES} | {("float", b): [] for b in BATCHES}
+    for i in tqdm(range(repeats), desc="speed onnxruntime", disable=None if progress else True):
+        for r, sess in runs:
+            for b in BATCHES:
+                pair = [("float", ref), (r["run_id"], sess)]
+                for key, s in pair if i % 2 == 0 else pair[::-1]:
+                    times[(key, b)].append(_ort_seconds(s, xs[b], min_seconds))
+    f1, f256 = (statistics.median(times[("float", b)]) for b in BATCHES)
+    import onnxruntime
+    rows = []
+    for r, _ in runs:
+        t1, t256 = (statistics.median(times[(r["run_id"], b)]) for b in BATCHES)
+        rows.append({"run_id": r["run_id"], "method": r["spec"]["method"], "runtime": "onnxruntime",
+                     "device": "cpu", "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
+                     "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
+                     "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1, "repeats": repeats,
+                     "seconds_per_timing": min_seconds, "onnxruntime": onnxruntime.__version__,
+                     "measured": datetime.date.today().isoformat()})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.timing.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
@@ -133,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"each timing runs forward passes for at least this long (default {MIN_SECONDS})")
     p.add_argument("--device", action="append", choices=["cpu", "cuda"],
                    help="time on this device (repeatable; default: cpu, and cuda when present)")
+    p.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch",
+                   help="pytorch (eager, into speed.csv) or onnxruntime (every run's model.onnx from "
+                        "benchmarks.export, CPU provider, into speed_onnxruntime.csv)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not (args.out / "runs").is_dir():
@@ -145,16 +202,26 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in (args.device or []) and not torch.cuda.is_available():
         print("error: --device cuda, but no CUDA device is available here; leave it out", file=sys.stderr)
         return 2
-    df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
+    if args.runtime == "onnxruntime":
+        try:
+            df = measure_onnxruntime(args.out, args.repeats, min_seconds=args.seconds)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except ImportError as e:
+            print(f"error: --runtime onnxruntime needs {e.name}: pip install 'scnn-bench[deploy]'", file=sys.stderr)
+            return 2
+    else:
+        df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
     try:
-        df.to_csv(args.out / "speed.csv", index=False)
+        df.to_csv(args.out / ("speed.csv" if args.runtime == "pytorch" else "speed_onnxruntime.csv"), index=False)
         build_all(args.out)
     except OSError as e:
         print(f"error: cannot write into {args.out} ({e.strerror or e}); pass a writable results folder",
               file=sys.stderr)
         return 2
-    print(df[["method", "device", "macs_remaining_pct", "latency_speedup_b1", "infer_speedup"]]
-          .to_markdown(index=False, floatfmt=".2f"))
+    print(df[["method", "device", *(["macs_remaining_pct"] if "macs_remaining_pct" in df else []),
+              "latency_speedup_b1", "infer_speedup"]].to_markdown(index=False, floatfmt=".2f"))
     return 0
 
 
