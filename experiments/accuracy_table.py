@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report.tables import _pm as plus_minus, collect, summary
-from methods import get_method
+from benchmarks.report.tables import REFERENCES, _pm as plus_minus, collect, curve_label, summary
 
-REFERENCES = ("float", "float_control")  # rows without a knob: the float model and the controls
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -30,7 +28,7 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     for r in s.itertuples():
         params = json.loads(r.params)
         knob = _knob(df, r.params)
-        curve = _curve(r.method, params, knob, s[s.method == r.method].params)
+        curve = curve_label(r.method, params, knob, s[s.method == r.method].params)
         rows.append({
             "method": curve,
             "knob": f"{knob}={params[knob]:g}" if knob else "—", "seeds": r.seeds,
@@ -56,19 +54,6 @@ def _knob(df: pd.DataFrame, params: str) -> str | None:
     """The knob the runs with these parameters recorded (γ, λ, δ), or None (float model, controls)."""
     knobs = df[df.params == params].knob.dropna() if "knob" in df else pd.Series(dtype=object)
     return knobs.iloc[0] if len(knobs) else None
-
-
-def _curve(method: str, params: dict, knob: str | None, method_params: pd.Series) -> str:
-    """``method`` where ``params`` are its defaults in every parameter that varies among its runs (the knob
-    aside), else ``method (k=v, ...)`` with the parameters in which it differs from them; a control is named
-    by the method whose schedule it has."""
-    if method in REFERENCES:
-        return f"{method} (like={params['like']})" if "like" in params else method
-    defaults = get_method(method).Config().__dict__
-    others = [json.loads(p) for p in method_params]
-    vary = sorted(k for k in params if k != knob and len({json.dumps(o.get(k)) for o in others}) > 1)
-    changed = [f"{k}={params[k]}" for k in vary if defaults.get(k) != params[k]]
-    return f"{method} ({', '.join(changed)})" if changed else method
 
 
 def _or_dash(mean: float, std: float, digits: int, missing: str = "—") -> str:

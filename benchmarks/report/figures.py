@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.files import read_history, replacing  # noqa: E402
 from benchmarks.harness.rundir import read_result  # noqa: E402
-from benchmarks.report.tables import own_epochs, series_names, summary, write_tables  # noqa: E402
+from benchmarks.report.tables import curve_labels, own_epochs, series_names, summary, write_tables  # noqa: E402
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -51,14 +51,29 @@ def _log_axis(axis: matplotlib.axis.Axis) -> None:
     axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
 
-def _reference_line(ax: plt.Axes, series: str, model: str, part: pd.DataFrame) -> bool:
-    """Draw the float model (dashed) or an equal-budget control (dotted) as a horizontal reference line;
-    False for a compression method's series, which the caller draws as points."""
+def _reference_line(ax: plt.Axes, series: str, label: str, part: pd.DataFrame) -> bool:
+    """Draw the float model (dashed) or an equal-budget control (its mean, and its spread over seeds as a band)
+    as a horizontal reference; False for a compression method's series, which the caller draws as points."""
     if not series.startswith("float"):
         return False
-    ax.axhline(part.accuracy_mean.mean(), color="k", ls="--" if series == "float" else ":", lw=1,
-               label=f"{series} ({model})")
+    mean, std = part.accuracy_mean.mean(), part.accuracy_std.fillna(0).mean()
+    line = ax.axhline(mean, color="k", ls="--" if series == "float" else ":", lw=1, label=label)
+    if series != "float" and std > 0:
+        ax.axhspan(mean - std, mean + std, color=line.get_color(), alpha=0.12, lw=0)
     return True
+
+
+PAPER = {"bits": 3.0, "weights": 18.0}  # the paper's headline: float accuracy at these % (ResNet-9, 6.57 M weights)
+
+
+def _paper_point(ax: plt.Axes, axis: str, s: pd.DataFrame) -> None:
+    """The paper's point on the bits and weights plots, at the accuracy of this folder's float reference
+    (the self-compression control where there is one, else the float model)."""
+    ref = s[s.series.str.startswith("float_control") & s.params.str.contains("self_compression")]
+    ref = ref if not ref.empty else s[s.method == "float"]
+    if axis in PAPER and not ref.empty:
+        ax.plot(PAPER[axis], ref.accuracy_mean.mean(), "*", color="k", ms=11,
+                label=f"the paper: float accuracy at {PAPER[axis]:g}% of the {axis}")
 
 
 def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
@@ -67,20 +82,29 @@ def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
     fig.legend(handles, names, loc="outside lower center", fontsize=7)
 
 
-def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
+def _label(labels: dict[str, str], series: str, model: str, s: pd.DataFrame) -> str:
+    """A curve's legend label: its name (``tables.curve_label``), and its network where a folder has several."""
+    name = labels.get(series, series)
+    return f"{name} ({model})" if s.model.nunique() > 1 else name
+
+
+def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path, labels: dict[str, str] | None = None) -> None:
     """Accuracy against ``axis`` remaining: "bits" (fixed-length), "coded_bits" (as stored) or "weights"."""
+    labels = labels or {}
     x = "coded_bits_pct" if axis == "coded_bits" else f"{axis}_remaining_pct"
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for (method, model), part in s.groupby(["series", "model"]):
-        if _reference_line(ax, method, model, part):
+        if _reference_line(ax, method, _label(labels, method, model, s), part):
             continue
         part = part[part[f"{x}_mean"].notna()]  # runs from before packed format v2 have no coded bits
         if part.empty:
             continue
         bars = ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
-                           yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6, label=f"{method} ({model})")
+                           yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.6,
+                           label=_label(labels, method, model, s))
         front = pareto(part.rename(columns={f"{x}_mean": "x", "accuracy_mean": "y"}), "x", "y")
         ax.plot(front.x, front.y, "-", color=bars[0].get_color())
+    _paper_point(ax, axis, s)
     _log_axis(ax.xaxis)
     ax.set_xlabel({"coded_bits": "coded bits remaining (%), as stored in the packed file"}.get(
         axis, f"{axis} remaining (%)"))
@@ -90,17 +114,18 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path) -> None:
     _save(fig, folder, f"accuracy_vs_{axis}")
 
 
-def speedup_figure(s: pd.DataFrame, folder: Path) -> bool:
+def speedup_figure(s: pd.DataFrame, folder: Path, labels: dict[str, str] | None = None) -> bool:
     """Accuracy against measured inference speed-up (``benchmarks.timing.speed``): what compression buys at run time."""
+    labels = labels or {}
     s = s[s.infer_speedup_mean.notna()]
     if s.empty:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for (method, model), part in s.groupby(["series", "model"]):
-        if _reference_line(ax, method, model, part):
+        if _reference_line(ax, method, _label(labels, method, model, s), part):
             continue
         ax.errorbar(part.infer_speedup_mean, part.accuracy_mean, xerr=part.infer_speedup_std.fillna(0),
-                    yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{method} ({model})")
+                    yerr=part.accuracy_std.fillna(0), fmt="o", ms=4, alpha=0.7, label=_label(labels, method, model, s))
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("inference speed-up over the float net (batch 256, measured, CPU)")
     ax.set_ylabel("test accuracy of the exported model (%)")
@@ -281,13 +306,14 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     folder = dest / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     s = summary(df)
+    labels = curve_labels(df[df.status == "ok"])
     if not s.empty:
-        accuracy_figure(s, "bits", folder)
-        accuracy_figure(s, "weights", folder)
+        accuracy_figure(s, "bits", folder, labels)
+        accuracy_figure(s, "weights", folder, labels)
     if not s.empty and s.coded_bits_pct_mean.notna().any():  # results written before packed format v2 have none
-        accuracy_figure(s, "coded_bits", folder)
+        accuracy_figure(s, "coded_bits", folder, labels)
     if not s.empty:
-        speedup_figure(s, folder)
+        speedup_figure(s, folder, labels)
         runtime_speedup_figure(out, df, folder)
     training_curve_figure(out, folder)
     layers_figure(out, folder)

@@ -10,6 +10,7 @@ import pandas as pd
 from benchmarks.files import replacing
 from benchmarks.harness.rundir import read_result
 from benchmarks.report.paired import paired
+from methods import get_method
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,37 @@ def series_names(df: pd.DataFrame) -> pd.Series:
                                            *([f"precision={arithmetic[i]}"] if arithmetic else [])])
                                  for i, d in enumerate(dicts)]
     return names
+
+
+REFERENCES = ("float", "float_control")  # curves without a knob: the float model and the equal-budget controls
+
+
+def curve_label(method: str, params: dict, knob: str | None, method_params: pd.Series) -> str:
+    """How a curve is named wherever it is shown: ``method`` where ``params`` are its defaults in every
+    parameter that varies among the method's runs (the knob aside), else ``method (k=v, ...)`` with the
+    parameters in which it differs from them; a control by the method whose schedule it copies. A method
+    that is not installed here is named by every parameter that varies."""
+    if method in REFERENCES:
+        return f"{method} (like={params['like']})" if "like" in params else method
+    others = [json.loads(p) for p in method_params]
+    vary = sorted(k for k in params if k != knob and len({json.dumps(o.get(k)) for o in others}) > 1)
+    try:
+        defaults = get_method(method).Config().__dict__
+    except Exception:  # a plugin's runs read where the plugin is not installed
+        defaults = {}
+    changed = [f"{k}={params[k]}" for k in vary if k not in defaults or defaults[k] != params[k]]
+    return f"{method} ({', '.join(changed)})" if changed else method
+
+
+def curve_labels(df: pd.DataFrame) -> dict[str, str]:
+    """``curve_label`` of every series of a run table (``collect``), keyed by series."""
+    labels = {}
+    for series, part in df.groupby("series"):
+        first = part.iloc[0]
+        knob = first.knob if isinstance(first.get("knob"), str) else None
+        labels[series] = curve_label(first.method, json.loads(first.params), knob,
+                                     df[df.method == first.method].params)
+    return labels
 
 
 def read_speed(out: str | Path) -> pd.DataFrame:
