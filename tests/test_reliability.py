@@ -259,7 +259,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
     (["--seeds", "-1"], "--seeds must lie in [0, 4294967295]"),
     (["--epochs", str(10**12)], "--epochs must lie in [1, 1000]"),
     (["--methods", ""], "--methods is empty"),
-    (["--model", "resnet9x0"], "width must be in (0, 4]"),
+    (["--model", "resnet9x0"], "width must be in (0, 2]"),
     (["--grid", "weight_fixing.delta=0.5"], "weight_fixing.delta must lie in (0, 0.1000)"),
     (["--out", ""], "--out is empty"),
 ])
