@@ -275,28 +275,18 @@ def test_a_huge_file_with_a_bad_header_is_refused_having_read_only_its_header(tm
     """Reported: ``inspect`` on a 3 GB file with a bad header used 3.7 GB before refusing it. The header is
     now checked against the architecture and the file's length before the body is read (a sparse file here,
     512 MB, so that a regression costs memory, not disk)."""
-    data = edit_header(packing.to_bytes(base_model(), "fixed"), set_in(["layers", 2, "shape"], [10, 30_000_000]))
-    f = tmp_path / "huge.packed"
-    with open(f, "wb") as out:
-        out.write(data)
-        out.truncate(512 * MB)
-    tracemalloc.start()
-    try:
-        with pytest.raises(packing.PackedFileError, match="30000000 inputs"):
-            packing.read_file(f)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 * MB
-    # a valid header over a body of the wrong length: refused for its length, before the body is read
-    f.write_bytes(packing.to_bytes(base_model(), "fixed"))
-    with open(f, "ab") as out:
-        out.truncate(512 * MB)
-    tracemalloc.start()
-    try:
-        with pytest.raises(packing.PackedFileError, match="but the file holds"):
-            packing.read_file(f)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 * MB
+    crafted = edit_header(packing.to_bytes(base_model(), "fixed"), set_in(["layers", 2, "shape"], [10, 30_000_000]))
+    valid = packing.to_bytes(base_model(), "fixed")  # a valid header over a body of the wrong length
+    for data, match in ((crafted, "30000000 inputs"), (valid, "but the file holds")):
+        f = tmp_path / "huge.packed"
+        f.write_bytes(data)
+        with open(f, "ab") as out:
+            out.truncate(512 * MB)
+        tracemalloc.start()
+        try:
+            with pytest.raises(packing.PackedFileError, match=match):
+                packing.read_file(f)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * MB

@@ -9,9 +9,7 @@ is the smallest size within 0.5 point of the control, the second the smallest wi
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import logging
 import sys
 from pathlib import Path
 
@@ -23,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.files import replacing  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
-from benchmarks.report.scale import PAPER, default_curve, load, mean_std_text, readings, summarise_readings  # noqa: E402
+from benchmarks.report.scale import (PAPER, default_curve, folders_cli, load, mean_std_text, readings,  # noqa: E402
+                                     summarise_readings)
 
 METHODS = ("self_compression", "diffq", "weight_fixing")
 POINTS = {"near-lossless (within 0.5 point)": 0.5, "within 1 point": 1.0}
@@ -117,25 +116,8 @@ def write_headline(folders: list[Path], dest: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report.headline", description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", help="results folders holding runs/ (e.g. results/cpu results/scale)")
-    p.add_argument("--dest", help="where headline.md and figures/ go (default: the last folder)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    folders = [Path(f) for f in args.folders]
-    for f in folders:
-        if not (f / "runs").is_dir():
-            print(f"error: no runs in {f}/runs; pass results folders that run_all.py wrote", file=sys.stderr)
-            return 2
-    dest = Path(args.dest) if args.dest else folders[-1]
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        write_headline(folders, dest)
-    except OSError as e:
-        print(f"error: cannot write into {dest} ({e.strerror or e}); pass --dest a writable folder", file=sys.stderr)
-        return 2
-    print(dest / "headline.md")
-    return 0
+    return folders_cli(argv, "python -m benchmarks.report.headline", __doc__.split("\n\n")[0], "headline.md",
+                       write_headline)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -212,10 +213,13 @@ def write_scale(folders: list[Path], dest: Path) -> pd.DataFrame:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def folders_cli(argv: list[str] | None, prog: str, description: str, written: str,
+                write: Callable[[list[Path], Path], pd.DataFrame]) -> int:
+    """The command line of a report read from several results folders (this one and ``headline``): the
+    folders, ``--dest``, one line and exit 2 for a folder without runs or an unwritable destination."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("folders", nargs="+", help="results folders holding runs/ (e.g. results/cpu results/scale)")
-    p.add_argument("--dest", help="where scale.md and figures/ go (default: the last folder)")
+    p.add_argument("--dest", help=f"where {written} and figures/ go (default: the last folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folders = [Path(f) for f in args.folders]
@@ -226,12 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path(args.dest) if args.dest else folders[-1]
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        write_scale(folders, dest)
+        write(folders, dest)
     except OSError as e:
         print(f"error: cannot write into {dest} ({e.strerror or e}); pass --dest a writable folder", file=sys.stderr)
         return 2
-    print(dest / "scale.md")
+    print(dest / written)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return folders_cli(argv, "python -m benchmarks.report.scale", __doc__.split("\n\n")[0], "scale.md", write_scale)
 
 
 if __name__ == "__main__":
