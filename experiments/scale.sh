@@ -10,8 +10,9 @@
 # near-lossless one, as the width-0.5 curve places them (default 0.1,0.01).
 # bf16 by default: on a host with native bf16 it trained the `cpu` net as accurately as fp32
 # (experiments/precision_table.py); on an AVX2-only host it is emulated and useless, so run there only with
-# PRECISION=fp32, which starts a separate set of runs. After each step the report is rebuilt:
+# PRECISION=fp32, which starts a separate set of runs. After each step the reports are rebuilt:
 #   python -m benchmarks.report.scale results/cpu results/scale --dest results/scale
+#   python -m benchmarks.report.headline results/cpu results/scale --dest results/scale
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,4 +39,5 @@ for name in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086  # the stored arguments split on purpose
   "$PY" run_all.py --preset cpu --out "$OUT" --precision "$PRECISION" ${STEP[$name]}
   "$PY" -m benchmarks.report.scale results/cpu "$OUT" --dest "$OUT"
+  "$PY" -m benchmarks.report.headline results/cpu "$OUT" --dest "$OUT"
 done
