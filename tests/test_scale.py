@@ -1,6 +1,7 @@
 """The scale study's report (``benchmarks.report.scale``) from a small hand-made results folder with known
 answers: readings on each seed's curve, bounds where the grid does not reach the limit, networks apart."""
 import json
+import shutil
 import math
 
 import numpy as np
@@ -99,3 +100,14 @@ def test_headline_reads_the_largest_network_and_every_methods_operating_points(t
     assert row["seeds"] == 3 and row["grid points"] == 3
     md = (out / "headline.md").read_text()
     assert "resnet9x0.5" in md and (out / "figures" / "headline.png").stat().st_size > 0
+
+
+def test_a_one_seed_screen_of_a_larger_network_does_not_replace_a_measured_curve(tmp_path):
+    from benchmarks.report import headline
+    out = _folder(tmp_path / "res")
+    for f in (out / "runs").glob("*/result.json"):  # width 0.5 keeps seed 0 only
+        r = json.loads(f.read_text())
+        if r["spec"]["model"]["width"] == 0.5 and r["spec"]["seed"] > 0:
+            shutil.rmtree(f.parent)
+    headline.write_headline([out], out)
+    assert "Network: resnet9x0.25" in (out / "headline.md").read_text()

@@ -29,13 +29,21 @@ POINTS = {"near-lossless (within 0.5 point)": 0.5, "within 1 point": 1.0}
 SIZES = (("bits_remaining_pct", "bits"), ("coded_bits_pct", "coded bits"), ("weights_remaining_pct", "weights"))
 
 
+MIN_SEEDS, MIN_POINTS = 3, 2  # a curve the operating points can be read on: a comparison needs 3 seeds
+
+
 def largest_network(df: pd.DataFrame) -> tuple[str, str] | None:
-    """(model, precision) of the largest network whose self-compression curve has an equal-budget control."""
+    """(model, precision) of the largest network whose self-compression curve, against its equal-budget
+    control, has at least ``MIN_POINTS`` grid points with ``MIN_SEEDS`` seeds each (a one-seed screen of a
+    larger network does not replace a measured curve); None when no network has one."""
     curve = default_curve(df, "self_compression").dropna(subset=["vs_control"])
-    if curve.empty:
+    seeds = curve.groupby(["model", "precision", "params"]).seed.nunique()
+    points = (seeds >= MIN_SEEDS).groupby(["model", "precision"]).sum()
+    measured = points[points >= MIN_POINTS].index
+    if not len(measured):
         return None
-    top = curve.sort_values("weights_total").iloc[-1]
-    return top.model, top.precision
+    sizes = curve.groupby(["model", "precision"]).weights_total.first()
+    return max(measured, key=lambda key: sizes[key])
 
 
 def headline_table(df: pd.DataFrame, model: str, precision: str) -> pd.DataFrame:
@@ -100,7 +108,8 @@ def write_headline(folders: list[Path], dest: Path) -> pd.DataFrame:
              f"{', '.join(f'`{f}/runs/`' for f in folders)} by `python -m benchmarks.report.headline "
              f"{' '.join(map(str, folders))} --dest {dest}`.", ""]
     if found is None:
-        lines += ["No self-compression curve with an equal-budget control yet.", ""]
+        lines += [f"No self-compression curve with an equal-budget control and {MIN_SEEDS} seeds at {MIN_POINTS} "
+                  "grid points yet.", ""]
         table = pd.DataFrame()
     else:
         model, precision = found
