@@ -28,7 +28,8 @@ from benchmarks.data import DataError, load_dataset
 from benchmarks.harness import executors
 from benchmarks.harness.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
 from benchmarks.harness.presets import PRESETS, get_preset
-from benchmarks.harness.rundir import read_result, request_rerun
+from benchmarks.harness.migrate import migrate_folder
+from benchmarks.harness.rundir import RESULT_SCHEMA, read_result, request_rerun
 from benchmarks.models import model_label, parse_model
 from benchmarks.report.figures import build_all
 from benchmarks.device import pick_device, resolve_precision
@@ -137,7 +138,9 @@ def _run(args: argparse.Namespace) -> int:
     cluster = executors.from_args(args)  # None: the local executor
     device = pick_device(args.device)
     out = Path(args.out if args.out is not None else f"results/{preset.name}")
-    held = _folder_precisions(out) if args.precision == "auto" else set()
+    stored = _stored_configs(out)
+    held = {c["train"]["precision"] for c in stored if isinstance(c.get("train"), dict) and "precision" in c["train"]} \
+        if args.precision == "auto" else set()
     if len(held) == 1:  # a folder keeps the arithmetic it was trained in, whatever this host would pick
         precision = held.pop()
         log.info("--precision auto: %s, the precision of the runs already in %s", precision, out)
@@ -150,7 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     specs = expand(preset, methods, seeds, parse_grid_overrides(args.grid), args.epochs, strict=bool(args.methods),
                    precision=precision, bn_batches=args.bn_batches)
     _check_writable(out)
-    _check_one_kind(out, specs, args.mix_runs)
+    _check_one_kind(stored, out, specs, args.mix_runs)
+    migrated = migrate_folder(out).get("migrated")  # stored runs of an older result schema count as finished
+    if migrated:
+        log.info("brought %d stored runs of %s to result schema %d (python -m benchmarks.harness.migrate)",
+                 migrated, out, RESULT_SCHEMA)
     # loaded once here, which also checks the data up front; worker processes (--jobs, a cluster) load
     # their own, so the parent keeps it on the CPU (no CUDA context before forking)
     data = load_dataset(preset.dataset, args.data_dir, device if args.jobs <= 1 and not cluster else "cpu")
@@ -234,24 +241,27 @@ def _describe(kind: tuple) -> str:
     return f"{kind[0]} {kind[1]} (float model {kind[2]} epochs)"
 
 
-def _folder_precisions(out: Path) -> set[str]:
-    """The training precisions of the runs a results folder holds (empty for a new folder)."""
-    found = set()
+def _stored_configs(out: Path) -> list[dict]:
+    """The ``config.json`` of every run a results folder holds (none for a new folder), read once."""
+    found = []
     for f in (out / "runs").glob("*/config.json"):
         try:
-            found.add(json.loads(f.read_text())["train"]["precision"])
-        except (OSError, ValueError, KeyError, TypeError):  # a damaged folder: the grid names and redoes it
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):  # a damaged folder: the grid names and redoes it
             continue
+        if isinstance(d, dict):
+            found.append(d)
     return found
 
 
-def _check_one_kind(out: Path, specs: list, mix: bool) -> None:
-    """Refuse a grid whose runs are of another kind than those ``out`` holds, unless ``--mix-runs``."""
+def _check_one_kind(stored: list[dict], out: Path, specs: list, mix: bool) -> None:
+    """Refuse a grid whose runs are of another kind than those ``out`` holds (``stored``: their configs),
+    unless ``--mix-runs``."""
     held = set()
-    for f in (out / "runs").glob("*/config.json"):
+    for d in stored:
         try:
-            held.add(_kind(json.loads(f.read_text())))
-        except (OSError, ValueError, AttributeError):  # a damaged folder: the grid names and redoes it
+            held.add(_kind(d))
+        except AttributeError:  # a damaged config: the grid names and redoes its run
             continue
     new = {_kind(s.as_dict()) for s in specs} - held
     if held and new and not mix:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report.tables import REFERENCES, _pm as plus_minus, collect, curve_label, summary
+from benchmarks.report.runs import REFERENCES, curve_label, load
+from benchmarks.report.tables import _pm as plus_minus, summary
 
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The table's rows from ``tables.collect``'s run table ``df``: curves by name, knobs falling within each."""
+    """The table's rows from ``runs.load``'s run table ``df``: curves by name, knobs falling within each."""
     s = summary(df)
     rows = []
     for r in s.itertuples():
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (out / "runs").is_dir():
         print(f"error: {out} has no runs/ folder; pass a results folder that run_all.py wrote", file=sys.stderr)
         return 2
-    table = accuracy_table(collect(out))
+    table = accuracy_table(load(out).table)
     if table.empty:
         print(f"error: {out} has no finished run", file=sys.stderr)
         return 2

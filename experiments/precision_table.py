@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report.tables import _pm as plus_minus, collect
+from benchmarks.report.runs import load
+from benchmarks.report.tables import _pm as plus_minus
 
 KEYS = ["method", "params", "model", "dataset", "data_fingerprint", "bn_batches", "seed"]
 
 
 def precision_table(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
-    """One row per grid point present in both run tables (``tables.collect``), finished runs only."""
+    """One row per grid point present in both run tables (``runs.load``), finished runs only."""
     a = fp32[(fp32.status == "ok") & (fp32.precision == "fp32")]
     b = bf16[(bf16.status == "ok") & (bf16.precision == "bf16")]
     both = a[KEYS + ["accuracy", "knob"]].merge(b[KEYS + ["accuracy"]], on=KEYS, suffixes=("_fp32", "_bf16"))
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(folder) / "runs").is_dir():
             print(f"error: {folder} has no runs/ folder; pass a results folder that run_all.py wrote", file=sys.stderr)
             return 2
-    table = precision_table(collect(args.fp32), collect(args.bf16))
+    table = precision_table(load(args.fp32).table, load(args.bf16).table)
     if table.empty:
         print(f"error: no run of {args.bf16} in bf16 has an fp32 twin in {args.fp32}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ import pandas as pd
 
 from benchmarks.harness.presets import get_preset
 from benchmarks.report.paired import interpolate, verdict
-from benchmarks.report.tables import _pm as plus_minus, collect
+from benchmarks.report.runs import load
+from benchmarks.report.tables import _pm as plus_minus
 from methods import get_method
 
 METHOD = "self_compression"
@@ -35,7 +36,7 @@ LABELS = {(): "baseline", ("eps_bits",): "(a) eps", ("lr_bits",): "(a) lr", ("ep
 
 
 def recipe_table(df: pd.DataFrame, reestimated: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per screened variant among the runs ``df`` (``tables.collect``'s run table; see the module
+    """One row per screened variant among the runs ``df`` (``runs.load``'s run table; see the module
     docstring), the baseline first; ``reestimated`` is ``bn_reestimation.csv`` where there is one."""
     df = df[df.status == "ok"].copy()
     df["calibrated"] = _calibrated(df, reestimated)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out} has no runs/ folder; pass the results folder of experiments/sc_recipe.sh", file=sys.stderr)
         return 2
     reestimated = out / "bn_reestimation.csv"
-    table = recipe_table(collect(out), pd.read_csv(reestimated) if reestimated.exists() else None)
+    table = recipe_table(load(out).table, pd.read_csv(reestimated) if reestimated.exists() else None)
     if table.empty:
         print(f"error: {out} has no finished {METHOD} run", file=sys.stderr)
         return 2

@@ -107,3 +107,24 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def stored_result(out: Path, run_id: str, method: str = "m", params: dict | None = None, accuracy: float = 50.0,
+                  size: dict | None = None, spec: dict | None = None, **fields) -> Path:
+    """Write a finished run's ``result.json`` at the current result schema into ``out/runs/run_id`` with what
+    the reports read (``spec`` and ``fields`` override the defaults), for report tests that need no training."""
+    import json
+
+    from benchmarks.harness.rundir import RESULT_SCHEMA
+
+    folder = out / "runs" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {"schema": RESULT_SCHEMA, "status": "ok", "run_id": run_id, "accuracy": accuracy,
+              "spec": {"method": method, "params": params or {}, "seed": 0, "dataset": "d", "data_fingerprint": "f",
+                       "model": {"name": "n", "width": 1}, "train": {"epochs": 1, "precision": "fp32"}, **(spec or {})},
+              "size": {"bits": 1, "bits_remaining_pct": 100.0, "weights_remaining_pct": 100.0, "weights_total": 1,
+                       "weights_remaining": 1, "unique_values": 1, "value_entropy_per_weight": 0,
+                       "value_entropy_per_weight_nonzero": 0, "packed_bytes": 1, **(size or {})},
+              "budget": {"method_epochs": 1}, **fields}
+    (folder / "result.json").write_text(json.dumps(result))
+    return folder

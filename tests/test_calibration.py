@@ -15,7 +15,7 @@ from benchmarks.harness.calibration import calibrate_batchnorm
 from benchmarks.harness.grid import bind_data, expand
 from benchmarks.harness.presets import get_preset
 from benchmarks.models import topology
-from benchmarks.report.tables import series_names
+from benchmarks.report.runs import series_names
 from benchmarks.harness.calibration import reestimate_batchnorm
 from benchmarks.train import evaluate
 from tests.conftest import load_experiment, randomize_bn
@@ -66,7 +66,8 @@ def test_run_ids_without_calibration_are_the_old_ones_and_calibration_names_a_ne
     assert calibrated.as_dict()["bn_batches"] == calibrated.bn_batches and calibrated.run_id != plain.run_id
     # a folder holding both: every curve says which it is
     runs = pd.DataFrame({"method": ["float", "float", "diffq"], "params": ["{}", "{}", '{"lam": 0.1}'],
-                         "knob": [None, None, "lam"], "epochs": [3, 3, 3], "bn_batches": [0, 20, 20]})
+                         "knob": [None, None, "lam"], "epochs": [3, 3, 3], "bn_batches": [0, 20, 20],
+                         "precision": "fp32"})
     assert list(series_names(runs)) == ["float bn_batches=0", "float bn_batches=20", "diffq bn_batches=20"]
 
 

@@ -75,7 +75,7 @@ def test_a_control_pairs_with_a_run_only_if_it_started_from_the_same_float_model
     """Runs record the float model they fine-tuned (``float_digest``): a control trained from another float
     model under the same seed (a lost cache trained again elsewhere) is no control; one that predates the
     record still pairs, as before."""
-    from benchmarks.report.tables import control_accuracy
+    from benchmarks.report.runs import control_accuracy
 
     df = pd.DataFrame({
         "method": ["self_compression", "float_control", "diffq", "float_control", "diffq", "float_control"],

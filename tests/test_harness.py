@@ -13,6 +13,7 @@ from benchmarks.accounting import inspect
 from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
 from benchmarks.harness.presets import get_preset
 from benchmarks.report import figures
+from benchmarks.report.runs import COLUMNS
 
 from methods import ConfigError, Method, register
 from tests.conftest import load_experiment
@@ -231,7 +232,7 @@ def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
 
     n = 7
     s = pd.DataFrame({"method": ["float", "m", "m", "m", "c", "c", "float_control"], "model": ["n"] * n,
-                      "dataset": ["d"] * n, "data_fingerprint": ["f"] * n,
+                      "dataset": ["d"] * n, "data_fingerprint": ["f"] * n, "precision": "fp32", "bn_batches": 0,
                       "accuracy_mean": [90.0, 89.5, 88.9, 89.2, 90.5, 89.4, 91.0],
                       "bits_remaining_pct_mean": [100.0, 10.0, 2.0, 5.0, 10.0, 5.0, 100.0],
                       "weights_remaining_pct_mean": [100.0, 50.0, 20.0, 60.0, 50.0, 40.0, 100.0],
@@ -314,18 +315,19 @@ def test_a_one_point_variant_is_compared_seed_by_seed_at_its_own_size():
 
 
 def test_parameters_that_vary_split_a_method_into_curves():
-    from benchmarks.report.tables import series_names
+    from benchmarks.report.runs import series_names
 
     params = [{"gamma": g, "cost": c, "from_float": True} for c in ("bits", "bitops") for g in (0.01, 0.1)]
     df = pd.DataFrame({"method": ["self_compression"] * 4 + ["diffq"] * 2 + ["float"],
+                       "knob": ["gamma"] * 4 + ["lam"] * 2 + [None], "epochs": 8, "bn_batches": 0, "precision": "fp32",
                        "params": [json.dumps(p) for p in params] + [json.dumps({"lam": v}) for v in (0.1, 1)] + ["{}"]})
     assert list(series_names(df)) == ["self_compression cost=bits"] * 2 + ["self_compression cost=bitops"] * 2 + \
         ["diffq", "diffq", "float"]
-    # with the knob recorded, every other parameter that varies splits, numbers included, and so do epochs
+    # every other parameter that varies splits, numbers included, and so do epochs
     params = [{"gamma": 0.1, "eps_bits": 1e-8}, {"gamma": 0.03, "eps_bits": 1e-8}, {"gamma": 0.1, "eps_bits": 1e-3},
               {"gamma": 0.1, "eps_bits": 1e-8}]
-    df = pd.DataFrame({"method": "self_compression", "knob": "gamma", "epochs": [8, 8, 8, 16],
-                       "params": [json.dumps(p) for p in params]})
+    df = pd.DataFrame({"method": "self_compression", "knob": "gamma", "epochs": [8, 8, 8, 16], "bn_batches": 0,
+                       "precision": "fp32", "params": [json.dumps(p) for p in params]})
     assert list(series_names(df)) == ["self_compression eps_bits=1e-08 epochs=8"] * 2 + \
         ["self_compression eps_bits=0.001 epochs=8", "self_compression eps_bits=1e-08 epochs=16"]
 
@@ -392,7 +394,8 @@ def test_accuracy_table_names_curves_by_what_they_change_and_pairs_each_point_wi
     df = pd.DataFrame([{"run_id": f"r{i}", "method": m, "series": m, "params": json.dumps(p, sort_keys=True),
                         "knob": k, "seed": s, "accuracy": acc, "bits_remaining_pct": bits, "status": "ok",
                         "model": "n", "dataset": "d", "data_fingerprint": "f", "epochs": 8, "bn_batches": 20,
-                        "schedule": "s", "collapsed_layers": ""} for i, (m, p, s, acc, bits, k) in enumerate(runs)])
+                        "schedule": "s", "collapsed_layers": "", "precision": "fp32"}
+                       for i, (m, p, s, acc, bits, k) in enumerate(runs)], columns=COLUMNS)
     for col in ("accuracy_before_calibration", "coded_bits_pct", "weights_remaining_pct", "unique_values",
                 "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero", "packed_bytes",
                 "macs_remaining_pct", "infer_speedup", "float_epochs", "method_epochs"):

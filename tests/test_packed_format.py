@@ -18,7 +18,7 @@ from benchmarks.compressed import (CompressedModel, LayerCode, decode_layer, dea
                                    remaining_mask, to_module)
 from benchmarks.accounting.size import entropy, size_report
 from benchmarks.models import ModelSpec, build_model
-from benchmarks.report.tables import collect
+from benchmarks.report.runs import load
 from conftest import CODEBOOK, randomize_bn, scheme_model
 
 SCHEMES = ["channel", "channel_scales", "group", "codebook", "float", "mixed"]
@@ -170,17 +170,17 @@ def test_stored_version_1_files_load_with_their_recorded_numbers(path):
                 "nonzero_weights", "unique_values", "bits_remaining_pct", "weights_remaining_pct", "packed_bytes"):
         assert getattr(r, key) == recorded[key], key
     assert [(x.code_bits, x.side_bits) for x in r.layers] == [(x["code_bits"], x["side_bits"]) for x in recorded["layers"]]
-    assert r.value_entropy_per_weight == pytest.approx(recorded["entropy_per_weight"])  # its name before v2
-    assert r.value_entropy_per_weight_nonzero == pytest.approx(recorded["entropy_per_weight_nonzero"])
+    assert r.value_entropy_per_weight == pytest.approx(recorded["value_entropy_per_weight"])
+    assert r.value_entropy_per_weight_nonzero == pytest.approx(recorded["value_entropy_per_weight_nonzero"])
     again, layout2 = packing.read(packing.to_bytes(cm))  # the same model as version 2: the same bits
     r2 = size_report(again, layout2)
     assert r2.bits == r.bits and r2.coded_bits <= r.bits + 7 * len(r.layers)
 
 
 @pytest.mark.skipif(not STORED, reason="no stored results")
-def test_report_reads_result_files_written_before_v2():
+def test_report_reads_runs_stored_in_packed_format_v1():
     folder = Path(STORED[0]).parent.parent.parent
-    df = collect(folder)
+    df = load(folder).table
     ok = df[(df.status == "ok") & df.run_id.isin([Path(p).parent.name for p in STORED])]
     assert ok.value_entropy_per_weight.notna().all() and ok.value_entropy_per_weight_nonzero.notna().all()
     assert ok.coded_bits_pct.isna().all() and ok.code_entropy_bits.isna().all()  # not measured then

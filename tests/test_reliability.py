@@ -19,10 +19,12 @@ import torch
 import run_all
 from benchmarks.data import make_synthetic
 from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
+from benchmarks.harness.rundir import RESULT_SCHEMA
 from benchmarks.harness.presets import get_preset
 from benchmarks.harness.runner import execute
 from benchmarks.report import compare, figures
 from benchmarks.float_cache import float_cache_path
+from conftest import stored_result
 from test_data import write_fake_cifar
 
 pytestmark = pytest.mark.slow  # end-to-end: grids, subprocesses, clusters
@@ -291,19 +293,12 @@ def test_figures_on_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch
 
 
 def test_tables_sort_numerically(tmp_path):
-    for i, bits in enumerate([12.56, 16.41, 6.46, 7.54, 100.0]):
-        folder = tmp_path / "runs" / f"r{i}"
-        folder.mkdir(parents=True)
-        spec = {"method": "m", "params": {"k": i}, "seed": 0, "dataset": "d", "data_fingerprint": "f",
-                "model": {"name": "n", "width": 1}, "train": {"epochs": 1}}
-        size = {"bits": 1, "bits_remaining_pct": bits, "weights_remaining_pct": 100.0, "weights_total": 1,
-                "weights_remaining": 1, "unique_values": 1, "entropy_per_weight": 0, "entropy_per_weight_nonzero": 0,
-                "packed_bytes": 1}
-        (folder / "result.json").write_text(json.dumps({"status": "ok", "run_id": f"r{i}", "spec": spec,
-                                                        "accuracy": 50.0, "size": size}))
+    from benchmarks.report.runs import load
     from benchmarks.report.tables import write_tables
 
-    write_tables(tmp_path)
+    for i, bits in enumerate([12.56, 16.41, 6.46, 7.54, 100.0]):
+        stored_result(tmp_path, f"r{i}", "m", {"k": i}, size={"bits_remaining_pct": bits})
+    write_tables(load(tmp_path))
     rows = [line for line in (tmp_path / "tables.md").read_text().splitlines() if line.startswith("| k=")]
     assert [float(r.split("|")[6]) for r in rows] == [6.46, 7.54, 12.56, 16.41, 100.0]
 
@@ -357,7 +352,7 @@ def test_interrupted_rerun_leaves_the_old_result_and_float_model_in_place(tmp_pa
     assert done.returncode == 0, done.stderr
     assert not (victim / "rerun").exists()
     r = json.loads((victim / "result.json").read_text())
-    assert r["status"] == "ok" and r["packed_sha256"] and r["schema"] == 2
+    assert r["status"] == "ok" and r["packed_sha256"] and r["schema"] == RESULT_SCHEMA
 
 
 def test_retraining_a_float_model_needs_its_flag_and_names_the_runs_that_started_from_it(tmp_path, grid):

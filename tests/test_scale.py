@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.harness.rundir import RESULT_SCHEMA
 from benchmarks.report import scale
 
 SC = {"bits_init": 8.0, "bits_schedule": "scheduled", "cost": "bits", "eps_bits": 1e-08, "from_float": True,
@@ -18,7 +19,7 @@ def _write(out, i, method, params, seed, width, acc, bits, weights, schedule="s8
     folder = out / "runs" / run_id
     folder.mkdir(parents=True)
     n = int(411_824 * (width / 0.25) ** 2)
-    result = {"status": "ok", "run_id": run_id, "accuracy": acc, "knob": knob,
+    result = {"schema": RESULT_SCHEMA, "status": "ok", "run_id": run_id, "accuracy": acc, "knob": knob,
               "spec": {"method": method, "params": params, "seed": seed, "dataset": "cifar10",
                        "data_fingerprint": "f", "model": {"name": "resnet9", "width": width, "num_classes": 10},
                        "train": {"precision": "bf16" if width > 0.25 else "fp32", "epochs": 8}, "bn_batches": 20},

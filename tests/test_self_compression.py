@@ -9,7 +9,7 @@ from benchmarks.compressed import to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.train import TrainConfig, evaluate, train
-from conftest import randomize_bn
+from conftest import randomize_bn, stored_result
 from methods import ConfigError, get_method
 from methods.self_compression import integer_bits, quantize
 
@@ -193,22 +193,13 @@ def test_layer_that_loses_every_channel_is_recorded_and_still_decodes_exactly():
 
 
 def test_tables_mark_collapsed_layers(tmp_path):
-    import json
-
+    from benchmarks.report.runs import load
     from benchmarks.report.tables import write_tables
 
     for i, collapsed in enumerate([["conv2.0"], []]):
-        folder = tmp_path / "runs" / f"r{i}"
-        folder.mkdir(parents=True)
-        size = {"bits": 1, "bits_remaining_pct": 1.0 + i, "weights_remaining_pct": 50.0, "weights_total": 1,
-                "weights_remaining": 1, "unique_values": 1, "entropy_per_weight": 0, "entropy_per_weight_nonzero": 0,
-                "packed_bytes": 1}
-        spec = {"method": "self_compression", "params": {"gamma": i}, "seed": 0, "dataset": "d",
-                "data_fingerprint": "f", "model": {"name": "n", "width": 1}, "train": {"epochs": 1}}
-        (folder / "result.json").write_text(json.dumps({
-            "status": "ok", "run_id": f"r{i}", "spec": spec, "accuracy": 10.0, "size": size,
-            "method_metrics": {"collapsed_layers": collapsed}}))
-    df = write_tables(tmp_path)
+        stored_result(tmp_path, f"r{i}", "self_compression", {"gamma": i}, 10.0, {"bits_remaining_pct": 1.0 + i,
+                      "weights_remaining_pct": 50.0}, method_metrics={"collapsed_layers": collapsed})
+    df = write_tables(load(tmp_path))
     assert list(df.collapsed_layers.fillna("")) == ["conv2.0", ""]
     row = next(line for line in (tmp_path / "tables.md").read_text().splitlines() if "gamma=0 " in line)
     assert "conv2.0" in row

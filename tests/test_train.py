@@ -213,7 +213,7 @@ def test_auto_precision_flag_follows_the_committed_evidence():
     from pathlib import Path
 
     from benchmarks import device
-    from benchmarks.report.tables import collect
+    from benchmarks.report.runs import load
     from tests.conftest import load_experiment
 
     root = Path(__file__).resolve().parents[1] / "results"
@@ -221,7 +221,7 @@ def test_auto_precision_flag_follows_the_committed_evidence():
         assert device.AUTO_PICKS_BF16 is False
         return
     pt = load_experiment("precision_table")
-    assert device.AUTO_PICKS_BF16 is pt.bf16_allowed(pt.precision_table(collect(root / "cpu"), collect(root / "cpu-bf16")))
+    assert device.AUTO_PICKS_BF16 is pt.bf16_allowed(pt.precision_table(load(root / "cpu").table, load(root / "cpu-bf16").table))
 
 
 def test_precision_rule_against_a_hand_example():

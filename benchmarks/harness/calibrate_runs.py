@@ -25,14 +25,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from filelock import Timeout
 from tqdm.auto import tqdm
 
 from benchmarks.accounting import packing
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
 from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, held, read_result, run_lock
 from benchmarks.harness.runner import RunSpec, budget, environment
 from benchmarks.device import pick_device
 from methods import get_method
@@ -107,28 +106,24 @@ def calibrate_folder(out: Path, data_dir: str | None, bn_batches: int = BN_BATCH
         name = r["spec"].get("dataset")
         if r["status"] == "ok" and name not in datasets:  # data that cannot be loaded stops it all (exit 2)
             datasets[name] = load_dataset(name, data_dir, dev)
-        lock = run_lock(folder)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.warning("run %s is held by another process; it stays where it is", folder.name)
-            continue
-        try:
-            if r["status"] == "ok":
-                calibrate_run(folder, datasets[name], bn_batches)
-                n_done += 1
-            target = stale_to / "runs" / folder.name
-            if target.exists():
-                log.warning("%s exists already; %s stays where it is", target, folder)
+        with held(folder) as mine:
+            if not mine:
+                log.warning("run %s is held by another process; it stays where it is", folder.name)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(folder), str(target))
-            n_moved += 1
-        except (ValueError, KeyError, TypeError, OSError, DataError) as e:
-            log.warning("run %s is not calibrated and stays where it is: %s", folder.name, e)
-            n_bad += 1
-        finally:
-            lock.release()
+            try:
+                if r["status"] == "ok":
+                    calibrate_run(folder, datasets[name], bn_batches)
+                    n_done += 1
+                target = stale_to / "runs" / folder.name
+                if target.exists():
+                    log.warning("%s exists already; %s stays where it is", target, folder)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(folder), str(target))
+                n_moved += 1
+            except (ValueError, KeyError, TypeError, OSError, DataError) as e:
+                log.warning("run %s is not calibrated and stays where it is: %s", folder.name, e)
+                n_bad += 1
     return n_done, n_moved, n_bad
 
 

@@ -1,11 +1,18 @@
 """``python -m benchmarks.harness.migrate OUT [OUT ...]``: bring every stored run's ``result.json`` to the
 current result schema (``rundir.RESULT_SCHEMA``), in place, without training anything.
 
-Schema 2 records ``schema`` and ``packed_sha256``, the checksum a finished run's ``model.packed`` is checked
-against before the run counts as finished. A file is given its checksum only after it passes the packed
-reader's checks; a run whose file does not is named in one line and left as it is (the next grid redoes it).
-Running it again changes nothing. Like ``repack`` and ``calibrate_runs``, it takes each run's lock, so a
-grid training in the same folder is never raced.
+One step per schema, applied in order, so that the readers only ever see the current layout:
+
+- to 2: record ``schema`` and ``packed_sha256``, the checksum a finished run's ``model.packed`` is checked
+  against before the run counts as finished. A file is given its checksum only after it passes the packed
+  reader's checks; a run whose file does not is named in one line and left as it is (the next grid redoes it).
+- to 3: the size report of a run written in packed format v1 gets the names the current reports read: its
+  value entropies become ``value_entropy_per_weight`` and ``value_entropy_per_weight_nonzero`` (same
+  definition), and its ``entropy_bits``, which pooled the codes of every bit depth and so is not the current
+  ``code_entropy_bits``, is kept as ``pooled_code_entropy_bits``. Nothing is dropped and no number changes.
+
+Running it again changes nothing. Like ``repack`` and ``calibrate_runs``, it takes each run's lock, so a grid
+training in the same folder is never raced; ``run_all.py`` migrates its output folder before it plans a grid.
 """
 from __future__ import annotations
 
@@ -13,15 +20,44 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from filelock import Timeout
-
-from benchmarks.accounting.packing import PackedFileError, read as read_packed
+from benchmarks.accounting.packing import PackedFileError, verify
 from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, packed_digest, run_lock
+from benchmarks.harness.rundir import RESULT_SCHEMA, held, packed_digest
 
 log = logging.getLogger(__name__)
+
+
+class MigrationError(Exception):
+    """A stored run that cannot be brought to the next schema; the message says why."""
+
+
+def _to_2(folder: Path, r: dict) -> None:
+    if r.get("status") == "ok":
+        try:
+            data = (folder / "model.packed").read_bytes()
+            verify(data, "model.packed")
+        except (OSError, PackedFileError) as e:
+            raise MigrationError(f"model.packed fails the reader's checks ({e})") from None
+        r["packed_sha256"] = packed_digest(data)
+
+
+V1_SIZE_NAMES = {"entropy_per_weight": "value_entropy_per_weight",
+                 "entropy_per_weight_nonzero": "value_entropy_per_weight_nonzero",
+                 "entropy_bits": "pooled_code_entropy_bits"}
+
+
+def _to_3(folder: Path, r: dict) -> None:
+    for key in ("size", "size_before_repack"):
+        size = r.get(key)
+        if isinstance(size, dict):
+            r[key] = {V1_SIZE_NAMES.get(k, k): v for k, v in size.items()}
+
+
+#: schema n -> the step that brings a result from n to n + 1 (a result without ``schema`` is at 1)
+STEPS: dict[int, Callable[[Path, dict], None]] = {1: _to_2, 2: _to_3}
 
 
 def migrate_run(folder: Path) -> str:
@@ -30,32 +66,40 @@ def migrate_run(folder: Path) -> str:
     f = folder / "result.json"
     if not f.is_file():
         return "no result"
-    lock = run_lock(folder)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return "busy"
-    try:
+    with held(folder) as mine:
+        if not mine:
+            return "busy"
         try:
             r = json.loads(f.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             return f"result.json does not parse ({type(e).__name__})"
         if not isinstance(r, dict):
             return "result.json is not an object"
-        if r.get("schema") == RESULT_SCHEMA:
+        schema = r.get("schema", 1)
+        if schema == RESULT_SCHEMA:
             return "current"
-        if r.get("status") == "ok":
-            try:
-                data = (folder / "model.packed").read_bytes()
-                read_packed(data, "model.packed")
-            except (OSError, PackedFileError) as e:
-                return f"model.packed fails the reader's checks ({e})"
-            r["packed_sha256"] = packed_digest(data)
+        if schema not in STEPS:
+            return f"result schema {schema!r} is not one this code knows (1 to {RESULT_SCHEMA})"
+        try:
+            for step in range(schema, RESULT_SCHEMA):
+                STEPS[step](folder, r)
+        except MigrationError as e:
+            return str(e)
         r["schema"] = RESULT_SCHEMA
         write_json(f, r)
         return "migrated"
-    finally:
-        lock.release()
+
+
+def migrate_folder(out: Path) -> dict[str, int]:
+    """``migrate_run`` on every run of ``out``; counts of what happened (a run left alone named in a warning)."""
+    counts: dict[str, int] = {}
+    for folder in sorted(d for d in (out / "runs").iterdir() if d.is_dir()) if (out / "runs").is_dir() else []:
+        what = migrate_run(folder)
+        if what not in ("migrated", "current", "no result"):
+            log.warning("run %s left as it is: %s", folder.name, what)
+            what = "left as it is"
+        counts[what] = counts.get(what, 0) + 1
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no runs in {out}/runs; pass results folders written by run_all.py", file=sys.stderr)
             return 2
     for out in args.out:
-        counts: dict[str, int] = {}
-        for folder in sorted(d for d in (out / "runs").iterdir() if d.is_dir()):
-            what = migrate_run(folder)
-            if what not in ("migrated", "current", "no result"):
-                log.warning("run %s left as it is: %s", folder.name, what)
-                what = "left as it is"
-            counts[what] = counts.get(what, 0) + 1
+        counts = migrate_folder(out)
         log.info("%s: %s", out, ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no runs")
     return 0
 

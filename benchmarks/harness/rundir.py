@@ -22,6 +22,8 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,12 @@ log = logging.getLogger(__name__)
 
 #: size fields every finished run's ``result.json`` must carry (the tables and figures read them)
 SIZE_FIELDS = ("bits", "bits_remaining_pct", "weights_remaining_pct", "weights_total", "weights_remaining")
+#: spec fields the reports read beside method and params
+SPEC_FIELDS = ("seed", "dataset", "data_fingerprint", "model", "train")
 #: the version of ``result.json``'s layout that this code writes and reads (``benchmarks.harness.migrate``
-#: brings older results to it): 2 added ``schema`` and ``packed_sha256``
-RESULT_SCHEMA = 2
+#: brings older results to it): 2 added ``schema`` and ``packed_sha256``; 3 gave packed-format-v1 size reports
+#: the current names
+RESULT_SCHEMA = 3
 RUN_FILES = ("config.json", "history.jsonl", "model.packed", "result.json")  # result.json last: it says "done"
 STAGING = "rerun"  # a requested rerun trains here, beside the result it will replace
 RERUN_REQUEST = "rerun-requested"
@@ -48,11 +53,30 @@ def run_lock(folder: Path) -> FileLock:
     return FileLock(folder / ".lock")
 
 
+@contextmanager
+def held(folder: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold the run's lock for the ``with`` block and yield True; without ``wait``, yield False at once (holding
+    nothing) when another process holds it, so that the caller skips the run instead of queueing behind it."""
+    lock = run_lock(folder)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def check_result(r: Any, folder: Path) -> dict:
     """``r`` (a parsed ``result.json``) if it is a complete record of the run in ``folder``, else
     ``RunFileError`` saying what is wrong."""
     if not isinstance(r, dict):
         raise RunFileError(f"holds a JSON {type(r).__name__}, not an object")
+    if r.get("schema", 1) != RESULT_SCHEMA:
+        raise RunFileError(f"is at result schema {r.get('schema', 1)!r}, not {RESULT_SCHEMA}; bring it up to date "
+                           f"with python -m benchmarks.harness.migrate {folder.parent.parent}")
     if r.get("status") not in ("ok", "failed"):
         raise RunFileError(f"has status {r.get('status')!r}, not 'ok' or 'failed'")
     if r.get("run_id") != folder.name:
@@ -60,8 +84,15 @@ def check_result(r: Any, folder: Path) -> dict:
     spec = r.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("method"), str) or not isinstance(spec.get("params"), dict):
         raise RunFileError("has no usable 'spec' (method and params)")
+    model, train = spec.get("model"), spec.get("train")
+    if not (all(k in spec for k in SPEC_FIELDS) and isinstance(model, dict) and {"name", "width"} <= model.keys()
+            and isinstance(train, dict) and {"epochs", "precision"} <= train.keys()):
+        raise RunFileError(f"has an incomplete 'spec' ({', '.join(SPEC_FIELDS)}, model name and width, train "
+                           "epochs and precision)")
     if r["status"] == "failed":
         return r
+    if not isinstance(r.get("budget"), dict) or not _number(r["budget"].get("method_epochs")):
+        raise RunFileError("has no 'budget' record with its method_epochs")
     acc = r.get("accuracy")
     if not _number(acc) or not 0 <= acc <= 100:
         raise RunFileError(f"has accuracy {acc!r}, not a number in [0, 100]")
@@ -108,9 +139,7 @@ def check_packed(folder: Path, r: dict) -> None:
         raise RunFileError("result.json says ok but model.packed is missing")
     recorded = r.get("packed_sha256")
     if not isinstance(recorded, str):
-        raise RunFileError(f"result.json records no packed_sha256 (result schema {r.get('schema', 1)}, before "
-                           f"{RESULT_SCHEMA}); bring it up to date with python -m benchmarks.harness.migrate "
-                           f"{folder.parent.parent}")
+        raise RunFileError("result.json records no packed_sha256")
     data = path.read_bytes()
     if packed_digest(data) != recorded:
         raise RunFileError("model.packed is not the file its result.json recorded (altered or replaced)")
@@ -135,16 +164,11 @@ def request_rerun(folder: Path) -> bool:
     the run; a run that is not finished needs no request (it is trained anyway)."""
     if not folder.is_dir():
         return True
-    lock = run_lock(folder)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:  # another grid trains it
-        return False
-    try:
+    with held(folder) as mine:
+        if not mine:  # another grid trains it
+            return False
         if read_result(folder, warn=False) is not None:
             (folder / RERUN_REQUEST).touch()
-    finally:
-        lock.release()
     return True
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import Timeout
 
 from benchmarks.accounting.size import size_report
 from benchmarks.data import DataError, Dataset, load_dataset
@@ -32,7 +31,7 @@ from benchmarks.device import host, pick_device
 from benchmarks.harness.calibration import pack_and_score
 from benchmarks.files import write_json
 from benchmarks.harness import rundir
-from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result, run_lock
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.timing.steps import float_step_seconds
 from benchmarks.checkpoints import StaleCheckpoint, resume_history
@@ -101,13 +100,10 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
     ``wait=False`` return ``{"status": "busy"}`` at once so the caller can come back to it later."""
     folder = Path(out) / "runs" / spec.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    lock = run_lock(folder)
-    try:
-        lock.acquire(timeout=-1 if wait else 0)
-    except Timeout:
-        log.info("run %s is being trained by another process; coming back to it later", spec.run_id)
-        return {"status": "busy", "run_id": spec.run_id}
-    try:
+    with rundir.held(folder, wait) as mine:
+        if not mine:
+            log.info("run %s is being trained by another process; coming back to it later", spec.run_id)
+            return {"status": "busy", "run_id": spec.run_id}
         rundir.roll_forward(folder)  # a rerun whose move an interruption cut short
         done = finished(folder)  # checked under the lock: another grid may just have finished it
         if done is not None:
@@ -120,8 +116,6 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
             return result
         (folder / rundir.RERUN_REQUEST).unlink(missing_ok=True)  # nothing to keep: trained in place
         return _execute_locked(spec, out, folder, data_dir, device, data, progress)
-    finally:
-        lock.release()
 
 
 def _execute_locked(spec: RunSpec, out: str | os.PathLike, folder: Path, data_dir: str | None, device: str | None,

@@ -14,13 +14,18 @@ bit-identical and is not is a bug worth reporting.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.harness.rundir import read_result
-from benchmarks.report.tables import collect, varying_params
+from benchmarks.files import RunFileError
+from benchmarks.harness.rundir import check_packed
+from benchmarks.report.runs import Runs, load
+from benchmarks.report.tables import varying_params
+
+log = logging.getLogger(__name__)
 
 FIELDS = ["accuracy", "bits_remaining_pct", "weights_remaining_pct"]
 #: what must be equal for two runs of one id to be bit-identical (``result.json``'s environment)
@@ -28,12 +33,15 @@ HOST_KIND = ("cpu_model", "device", "gpu", "torch_threads")
 LIBRARIES = ("torch", "numpy")
 
 
-def _facts(out: Path, run_id: str) -> tuple[str | None, tuple | None]:
+def _facts(runs: Runs, run_id: str) -> tuple[str | None, tuple | None]:
     """(the packed file's recorded checksum, the host kind it was made on) of a finished run whose files check
-    out; (None, None) where they do not (named in a warning by ``read_result``), the kind None where the run
-    predates host records."""
-    r = read_result(Path(out) / "runs" / run_id)
-    if r is None:
+    out; (None, None) where they do not (named in a warning), the kind None where the run predates host
+    records."""
+    r = runs.results[run_id]
+    try:
+        check_packed(runs.out / "runs" / run_id, r)
+    except RunFileError as e:
+        log.warning("run %s of %s: %s", run_id, runs.out, e)
         return None, None
     env = r.get("environment") or {}
     host = env.get("host")
@@ -52,11 +60,12 @@ def contract(same_kind: bool | None, identical: bool) -> tuple[str, str]:
 def compare(reference: str | Path, reproduction: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per run finished in both folders (``*_ref``, ``*_new``, ``accuracy_diff``) and counts of the
     runs found in only one of them."""
-    ref, new = (collect(p) for p in (reference, reproduction))
+    runs_ref, runs_new = load(reference), load(reproduction)
+    ref, new = runs_ref.table, runs_new.table
     ref, new = ref[ref.status == "ok"], new[new.status == "ok"]
     both = ref.merge(new[["run_id", *FIELDS, "train_seconds"]], on="run_id", suffixes=("_ref", "_new"))
     both["accuracy_diff"] = both.accuracy_new - both.accuracy_ref
-    facts = [(_facts(reference, i), _facts(reproduction, i)) for i in both.run_id]
+    facts = [(_facts(runs_ref, i), _facts(runs_new, i)) for i in both.run_id]
     both["same_file"] = [a[0] is not None and a[0] == b[0] for a, b in facts]
     kinds = [None if a[1] is None or b[1] is None else a[1] == b[1] for a, b in facts]
     both["contract"], both["holds"] = zip(*(contract(k, same) for k, same in zip(kinds, both.same_file))) \

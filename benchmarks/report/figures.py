@@ -1,11 +1,11 @@
 """Figures and tables from stored results alone: ``python -m benchmarks.report.figures results/cpu``.
 
-No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``.
+No training code is imported and no GPU is needed: every figure is rebuilt from ``<out>/runs/*``, read once
+(``runs.load``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.files import read_history, replacing  # noqa: E402
-from benchmarks.harness.rundir import read_result  # noqa: E402
-from benchmarks.report.tables import curve_labels, own_epochs, series_names, summary, write_tables  # noqa: E402
+from benchmarks.files import replacing  # noqa: E402
+from benchmarks.report.runs import Runs, curve_labels, load  # noqa: E402
+from benchmarks.report.tables import summary, write_tables  # noqa: E402
 
 
 def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -96,7 +96,7 @@ def accuracy_figure(s: pd.DataFrame, axis: str, folder: Path, labels: dict[str, 
     for (method, model), part in s.groupby(["series", "model"]):
         if _reference_line(ax, method, _label(labels, method, model, s), part):
             continue
-        part = part[part[f"{x}_mean"].notna()]  # runs from before packed format v2 have no coded bits
+        part = part[part[f"{x}_mean"].notna()]  # runs stored in packed format v1 have no coded bits
         if part.empty:
             continue
         bars = ax.errorbar(part[f"{x}_mean"], part.accuracy_mean, xerr=part[f"{x}_std"].fillna(0),
@@ -135,7 +135,7 @@ def speedup_figure(s: pd.DataFrame, folder: Path, labels: dict[str, str] | None 
     return True
 
 
-def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path) -> bool:
+def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path, labels: dict[str, str]) -> bool:
     """Accuracy against measured speed-up at batch 256, one panel per runtime: PyTorch eager (``speed.csv``)
     and onnxruntime (``speed_onnxruntime.csv``, every run's ``model.onnx``); points are means over seeds."""
     f = out / "speed_onnxruntime.csv"
@@ -152,7 +152,8 @@ def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path) -> bool:
         for (series, model), part in runs.dropna(subset=[column]).groupby(["series", "model"]):
             g = part.groupby("params")[[column, "accuracy"]].agg(["mean", "std"])
             ax.errorbar(g[(column, "mean")], g[("accuracy", "mean")], xerr=g[(column, "std")].fillna(0),
-                        yerr=g[("accuracy", "std")].fillna(0), fmt="o", ms=4, alpha=0.7, label=f"{series} ({model})")
+                        yerr=g[("accuracy", "std")].fillna(0), fmt="o", ms=4, alpha=0.7,
+                        label=_label(labels, series, model, runs))
         ax.axvline(1.0, color="grey", lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("inference speed-up over the float net (batch 256, measured)")
@@ -164,34 +165,17 @@ def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path) -> bool:
     return True
 
 
-def _runs(out: Path, method: str) -> list[dict]:
-    """The finished results (``result.json``) of ``method`` in ``out``, in folder order (broken files are
-    named in a warning and skipped, never fatal)."""
-    found = []
-    for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
-        r = read_result(folder, deep=False, warn=False)  # the tables, built first, named any broken one
-        if r is not None and r["status"] == "ok" and r["spec"]["method"] == method:
-            found.append({**r, "folder": folder})
-    return found
-
-
-def _labels(results: list[dict], knob: str) -> list[str]:
-    """A legend label per run of one method: its ``knob`` (γ, δ), its curve as the tables name it
-    (``tables.series_names``: the other parameters, epochs, calibration and precision that vary), its network
+def _labels(runs: Runs, results: list[dict], knob: str) -> list[str]:
+    """A legend label per run of one method: its ``knob`` (γ, δ), what else names its curve in the tables
+    (``runs.series_names``: the other parameters, epochs, calibration and precision that vary), its network
     where the runs have several, and the seed."""
-    models = [f"{(r['spec'].get('model') or {}).get('name')}x{(r['spec'].get('model') or {}).get('width')}"
-              for r in results]
-    runs = pd.DataFrame({"method": [r["spec"]["method"] for r in results],
-                         "params": [json.dumps(r["spec"]["params"], sort_keys=True) for r in results],
-                         "knob": knob, "epochs": [own_epochs(r) for r in results],
-                         "bn_batches": [r["spec"].get("bn_batches", 0) for r in results],
-                         "precision": [(r["spec"].get("train") or {}).get("precision", "fp32") for r in results]})
-    curves = [c.removeprefix(m).strip() for c, m in zip(series_names(runs), runs.method)] if results else []
+    table = runs.table.set_index("run_id")
+    rows = [table.loc[r["run_id"]] for r in results]
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
-    several = len(set(models)) > 1
-    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", c, model if several else "",
-                                   f"s{r['spec'].get('seed')}"]))
-            for r, c, model in zip(results, curves, models)]
+    several = len({row.model for row in rows}) > 1
+    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", row.series.removeprefix(row.method).strip(),
+                                   row.model if several else "", f"s{r['spec']['seed']}"]))
+            for r, row in zip(results, rows)]
 
 
 def _styles(labels: list[str]) -> list[dict]:
@@ -205,23 +189,20 @@ def _styles(labels: list[str]) -> list[dict]:
             for label, p, seed in zip(labels, points, seeds)]
 
 
-def _histories(out: Path, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
+def _histories(runs: Runs, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
     """(label, history DataFrame) of every finished run of ``method`` whose history has the columns ``need``."""
-    found = []
-    for r in _runs(out, method):
-        hist = pd.DataFrame(read_history(r["folder"] / "history.jsonl"))
-        if not hist.empty and need <= set(hist.columns):
-            found.append((r, hist))
-    labels = _labels([r for r, _ in found], knob)
+    found = [(r, runs.histories[r["run_id"]]) for r in runs.finished(method)]
+    found = [(r, h) for r, h in found if not h.empty and need <= set(h.columns)]
+    labels = _labels(runs, [r for r, _ in found], knob)
     return sorted(zip(labels, (h for _, h in found)), key=lambda c: c[0])
 
 
-def weight_fixing_figure(out: Path, folder: Path) -> bool:
+def weight_fixing_figure(runs: Runs, folder: Path) -> bool:
     """Per fixing round: unique fixed values and test accuracy of each weight-fixing run."""
-    curves = _histories(out, "weight_fixing", "delta", {"round", "share_fixed", "unique_fixed", "test_acc"})
+    curves = _histories(runs, "weight_fixing", "delta", {"round", "share_fixed", "unique_fixed", "test_acc"})
     if not curves:
         return False
-    moved = any("mean_abs_dw" in h.columns for _, h in curves)  # recorded by runs since 2026-11-24
+    moved = any("mean_abs_dw" in h.columns for _, h in curves)  # a panel only where some history records it
     fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10, 5), layout="constrained")
     for (_, h), style in zip(curves, _styles([label for label, _ in curves])):
         last = h.groupby("round").tail(1)  # the end of each round's retraining
@@ -243,11 +224,11 @@ def weight_fixing_figure(out: Path, folder: Path) -> bool:
     return True
 
 
-def training_curve_figure(out: Path, folder: Path) -> bool:
+def training_curve_figure(runs: Runs, folder: Path) -> bool:
     """Bits and weights remaining over training for self-compression runs (the paper's training curve), and,
     for runs that recorded it, each epoch's training time against the float model's epochs: whether the
     shrinking network trains faster."""
-    curves = _histories(out, "self_compression", "gamma", {"epoch", "bits_remaining_pct", "weights_remaining_pct"})
+    curves = _histories(runs, "self_compression", "gamma", {"epoch", "bits_remaining_pct", "weights_remaining_pct"})
     if not curves:
         return False
     timed = [c for c in curves if "epoch_time_vs_float" in c[1].columns]
@@ -272,15 +253,15 @@ def training_curve_figure(out: Path, folder: Path) -> bool:
     return True
 
 
-def layers_figure(out: Path, folder: Path) -> bool:
+def layers_figure(runs: Runs, folder: Path) -> bool:
     """Per layer of each self-compression run, as measured from its packed file: the share of the layer's
     weights left and the bits each remaining weight takes: where a recipe spends its bits."""
-    results = [r for r in _runs(out, "self_compression") if (r.get("size") or {}).get("layers")]
+    results = [r for r in runs.finished("self_compression") if r["size"].get("layers")]
     if not results:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(16, 4.5), layout="constrained")
-    runs = sorted(zip(_labels(results, "gamma"), results), key=lambda c: c[0])
-    for (_, r), style in zip(runs, _styles([label for label, _ in runs])):
+    labelled = sorted(zip(_labels(runs, results, "gamma"), results), key=lambda c: c[0])
+    for (_, r), style in zip(labelled, _styles([label for label, _ in labelled])):
         layers = pd.DataFrame(r["size"]["layers"])
         axes[0].plot(layers.layer, 100 * layers.weights_remaining / layers.weights_total, **style)
         axes[1].plot(layers.layer, layers.mean_bits, **style)
@@ -299,10 +280,10 @@ def layers_figure(out: Path, folder: Path) -> bool:
 def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     """Rebuild results.csv, tables.md and every figure (under ``figures/``) from the runs in ``out``, into
     ``dest`` (default ``out``)."""
-    out = Path(out)
-    dest = Path(dest) if dest is not None else out
+    runs = load(out)
+    dest = Path(dest) if dest is not None else runs.out
     dest.mkdir(parents=True, exist_ok=True)
-    df = write_tables(out, dest)
+    df = write_tables(runs, dest)
     folder = dest / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     s = summary(df)
@@ -310,14 +291,14 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     if not s.empty:
         accuracy_figure(s, "bits", folder, labels)
         accuracy_figure(s, "weights", folder, labels)
-    if not s.empty and s.coded_bits_pct_mean.notna().any():  # results written before packed format v2 have none
+    if not s.empty and s.coded_bits_pct_mean.notna().any():  # runs stored in packed format v1 have none
         accuracy_figure(s, "coded_bits", folder, labels)
     if not s.empty:
         speedup_figure(s, folder, labels)
-        runtime_speedup_figure(out, df, folder)
-    training_curve_figure(out, folder)
-    layers_figure(out, folder)
-    weight_fixing_figure(out, folder)
+        runtime_speedup_figure(runs.out, df, folder, labels)
+    training_curve_figure(runs, folder)
+    layers_figure(runs, folder)
+    weight_fixing_figure(runs, folder)
     return sorted(folder.glob("*"))
 
 

@@ -35,7 +35,7 @@ SIZE_LABELS = {"bits_remaining_pct": "bits remaining %", "coded_bits_pct": "code
 def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
     """One row per (net and data, pair of methods, matched ``size``): both accuracies on the mean curves, the
     seed-wise difference (first method minus second) and, where both methods' runs have equal-budget controls
-    (a ``vs_control`` column), the same difference against those controls. ``df`` is ``tables.collect``'s run
+    (a ``vs_control`` column), the same difference against those controls. ``df`` is ``runs.load``'s run
     table."""
     controlled = "vs_control" in df
     ok = df[(df.status == "ok") & ~df.method.isin(["float", "float_control"])].dropna(subset=[size, "accuracy"])

@@ -38,7 +38,7 @@ import pandas as pd  # noqa: E402
 from benchmarks.files import replacing  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
 from benchmarks.report.paired import paired  # noqa: E402
-from benchmarks.report.tables import collect  # noqa: E402
+from benchmarks.report.runs import load as load_runs  # noqa: E402
 from methods import get_method  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def scale_figure(table: pd.DataFrame, folder: Path) -> None:
 def load(folders: list[Path]) -> pd.DataFrame:
     """The finished and failed runs of every folder, once each, CIFAR-10 only: the question is about it, and
     a smoke run never answers it."""
-    df = pd.concat([collect(f) for f in folders], ignore_index=True).drop_duplicates("run_id")
+    df = pd.concat([load_runs(f).table for f in folders], ignore_index=True).drop_duplicates("run_id")
     return df[df.dataset != "synthetic"]
 
 

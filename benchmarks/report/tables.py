@@ -8,190 +8,15 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.files import replacing
-from benchmarks.harness.rundir import read_result
 from benchmarks.report.paired import paired
-from methods import get_method
+from benchmarks.report.runs import Runs
 
 log = logging.getLogger(__name__)
-
-#: the training behind each artifact (``result.json``'s ``budget``; empty for runs that predate it)
-BUDGET_KEYS = ("float_epochs", "method_epochs", "float_steps", "method_steps", "float_seconds", "method_seconds")
-COLUMNS = ["run_id", "method", "series", "knob", "params", "seed", "model", "precision", "dataset", "data_fingerprint", "epochs",
-           "accuracy", "accuracy_before_calibration", "bn_batches", "bits_remaining_pct", "weights_remaining_pct",
-           "bits", "coded_bits", "coded_bits_pct", "weights_remaining", "weights_total", "unique_values",
-           "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
-           "packed_bytes", "onnx_bytes", "macs", "macs_remaining_pct", "infer_speedup", "train_seconds", *BUDGET_KEYS,
-           "schedule", "float_digest", "control_accuracy", "vs_control", "collapsed_layers", "status", "error"]
-SPEED_KEYS = ("macs", "macs_remaining_pct", "infer_speedup")  # from <out>/speed.csv (benchmarks.timing.speed), CPU rows
-SIZE_KEYS = ("bits_remaining_pct", "weights_remaining_pct", "bits", "coded_bits", "coded_bits_pct", "weights_remaining",
-             "weights_total", "unique_values", "code_entropy_bits", "value_entropy_per_weight",
-             "value_entropy_per_weight_nonzero", "packed_bytes")
-# result.json files written before packed format v2 carry the value entropies under their old names (same
-# definition). Their ``entropy_bits`` pooled the codes of every bit depth, a different quantity from
-# ``code_entropy_bits``, so it is not carried over: that column stays empty for them, as do the coded bits.
-OLD_SIZE_NAMES = {"entropy_per_weight": "value_entropy_per_weight",
-                  "entropy_per_weight_nonzero": "value_entropy_per_weight_nonzero"}
-
-
-def collect(out: str | Path) -> pd.DataFrame:
-    """One row per run folder with a result that checks out (``rundir.read_result``); a broken one is
-    named in a warning and left out."""
-    rows = []
-    for folder in sorted(p.parent for p in Path(out).glob("runs/*/result.json")):
-        r = read_result(folder, deep=False)
-        if r is None:
-            continue
-        spec = r["spec"]
-        size = {OLD_SIZE_NAMES.get(k, k): v for k, v in (r.get("size") or {}).items()}
-        model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-        budget = r.get("budget") if isinstance(r.get("budget"), dict) else {}
-        train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
-        rows.append({
-            "run_id": r["run_id"], "method": spec["method"], "params": json.dumps(spec["params"], sort_keys=True),
-            "seed": spec.get("seed"), "model": f"{model.get('name')}x{model.get('width')}",
-            "precision": train.get("precision", "fp32"),
-            "dataset": spec.get("dataset"), "data_fingerprint": spec.get("data_fingerprint", ""),
-            "epochs": own_epochs(r), "knob": r.get("knob"),
-            "accuracy": r.get("accuracy"), "accuracy_before_calibration": r.get("accuracy_before_calibration"),
-            "bn_batches": spec.get("bn_batches", 0), "train_seconds": r.get("train_seconds"), "status": r["status"],
-            "error": r.get("error", ""),
-            "collapsed_layers": " ".join((r.get("method_metrics") or {}).get("collapsed_layers") or []),
-            **{k: size.get(k) for k in SIZE_KEYS}, **{k: budget.get(k) for k in BUDGET_KEYS},
-            "schedule": budget.get("schedule"), "float_digest": budget.get("float_digest"),
-        })
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df["series"] = series_names(df)
-    df["control_accuracy"] = control_accuracy(df)
-    df["vs_control"] = df.accuracy - df.control_accuracy  # seed by seed
-    speed = read_speed(out)
-    if not speed.empty:
-        df = df.drop(columns=list(SPEED_KEYS)).merge(speed, on="run_id", how="left")[COLUMNS]
-    onnx = read_onnx(out)
-    if not onnx.empty:
-        df = df.drop(columns=["onnx_bytes"]).merge(onnx, on="run_id", how="left")[COLUMNS]
-    return df.astype({k: float for k in ("accuracy_before_calibration", "coded_bits", "coded_bits_pct", "onnx_bytes",
-                                         "code_entropy_bits", *SPEED_KEYS, *BUDGET_KEYS, "control_accuracy",
-                                         "vs_control")})
-
-
-def own_epochs(result: dict) -> int | None:
-    """A run's own epochs as trained (its ``budget``: weight fixing's rounds set theirs), else as configured."""
-    budget = result.get("budget") if isinstance(result.get("budget"), dict) else {}
-    train = (result.get("spec") or {}).get("train")
-    return budget.get("method_epochs") or (train.get("epochs") if isinstance(train, dict) else None)
-
-
-def control_accuracy(df: pd.DataFrame) -> pd.Series:
-    """Per compression run, the accuracy of its equal-budget control: the ``float_control`` run with the same
-    schedule (``budget.schedule``), seed and data, and the same float model where both recorded which
-    (``float_digest``; runs before 2026-11-24 did not). NaN where there is none, where every candidate
-    started from another float model, or where the run is a control itself."""
-    ok = df[(df.status == "ok") & (df.method == "float_control") & df.schedule.notna()]
-    controls = {k: g for k, g in ok.groupby(["schedule", "seed", "data_fingerprint"])}
-    out = []
-    for key, digest, method in zip(zip(df.schedule, df.seed, df.data_fingerprint), df.float_digest, df.method):
-        g = controls.get(key) if method not in ("float", "float_control") else None
-        if g is not None and isinstance(digest, str):
-            g = g[g.float_digest.isna() | (g.float_digest == digest)]
-        out.append(g.accuracy.mean() if g is not None and len(g) else float("nan"))
-    return pd.Series(out, index=df.index, dtype=float)
-
-
-def series_names(df: pd.DataFrame) -> pd.Series:
-    """Per run, the curve it belongs to: its method, followed by every parameter that varies between the
-    method's runs other than its ``knob`` (γ, λ, δ: recorded with each run), by its epochs where they vary, and
-    by its BatchNorm calibration (``bn_batches``) and its training arithmetic (``precision``) where either varies
-    among all runs (e.g. ``self_compression cost=bitops``, ``self_compression eps_bits=0.001``). Runs recorded without a knob
-    (before 2026-11-24) split on the non-numeric parameters only, numeric ones moving a point along its curve."""
-    names = df.method.astype(object).copy()
-    # calibrated and uncalibrated runs in one folder: every curve says which it is, so that no pairing of
-    # two methods hides that one of them kept its training's BatchNorm statistics
-    bn_varies = "bn_batches" in df and df.bn_batches.nunique() > 1
-    precision_varies = "precision" in df and df.precision.nunique() > 1
-    for method, part in df.groupby("method"):
-        dicts = [json.loads(p) for p in part.params]
-        knobs = set(part.knob.dropna()) if "knob" in part else set()
-        keys = sorted({k for d in dicts for k in d} - knobs)
-        vary = [k for k in keys if len({json.dumps(d.get(k)) for d in dicts}) > 1]
-        if not knobs:
-            vary = [k for k in vary if not all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)
-                                                for d in dicts)]
-        epochs = list(part.epochs) if "epochs" in part and part.epochs.nunique() > 1 else None
-        bn = list(part.bn_batches) if bn_varies else None
-        arithmetic = list(part.precision) if precision_varies else None
-        if vary or epochs or bn or arithmetic:
-            names[part.index] = [" ".join([method, *(f"{k}={d.get(k)}" for k in vary),
-                                           *([f"epochs={epochs[i]:g}"] if epochs else []),
-                                           *([f"bn_batches={bn[i]:g}"] if bn else []),
-                                           *([f"precision={arithmetic[i]}"] if arithmetic else [])])
-                                 for i, d in enumerate(dicts)]
-    return names
-
-
-REFERENCES = ("float", "float_control")  # curves without a knob: the float model and the equal-budget controls
-
-
-def curve_label(method: str, params: dict, knob: str | None, method_params: pd.Series) -> str:
-    """How a curve is named wherever it is shown: ``method`` where ``params`` are its defaults in every
-    parameter that varies among the method's runs (the knob aside), else ``method (k=v, ...)`` with the
-    parameters in which it differs from them; a control by the method whose schedule it copies. A method
-    that is not installed here is named by every parameter that varies."""
-    if method in REFERENCES:
-        return f"{method} (like={params['like']})" if "like" in params else method
-    others = [json.loads(p) for p in method_params]
-    vary = sorted(k for k in params if k != knob and len({json.dumps(o.get(k)) for o in others}) > 1)
-    try:
-        defaults = get_method(method).Config().__dict__
-    except Exception:  # a plugin's runs read where the plugin is not installed
-        defaults = {}
-    changed = [f"{k}={params[k]}" for k in vary if k not in defaults or defaults[k] != params[k]]
-    return f"{method} ({', '.join(changed)})" if changed else method
-
-
-def curve_labels(df: pd.DataFrame) -> dict[str, str]:
-    """``curve_label`` of every series of a run table (``collect``), keyed by series."""
-    labels = {}
-    for series, part in df.groupby("series"):
-        first = part.iloc[0]
-        knob = first.knob if isinstance(first.get("knob"), str) else None
-        labels[series] = curve_label(first.method, json.loads(first.params), knob,
-                                     df[df.method == first.method].params)
-    return labels
-
-
-def read_speed(out: str | Path) -> pd.DataFrame:
-    """``run_id`` and the measured inference columns of ``<out>/speed.csv`` (its CPU rows, else its first
-    device's); empty when there is none or it does not parse (then one warning says so)."""
-    f = Path(out) / "speed.csv"
-    if not f.is_file():
-        return pd.DataFrame()
-    try:
-        speed = pd.read_csv(f)
-        device = "cpu" if (speed.device == "cpu").any() else speed.device.iloc[0]
-        return speed[speed.device == device][["run_id", *SPEED_KEYS]].drop_duplicates("run_id")
-    except (OSError, ValueError, KeyError, AttributeError, IndexError) as e:
-        log.warning("%s does not parse (%s); measured speed left out, rerun python -m benchmarks.timing.speed", f, e)
-        return pd.DataFrame()
-
-
-def read_onnx(out: str | Path) -> pd.DataFrame:
-    """``run_id`` and ``onnx_bytes`` of ``<out>/onnx.csv`` (``benchmarks.export``); empty when there is none or
-    it does not parse (then one warning says so)."""
-    f = Path(out) / "onnx.csv"
-    if not f.is_file():
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(f)[["run_id", "onnx_bytes"]].drop_duplicates("run_id")
-    except (OSError, ValueError, KeyError) as e:
-        log.warning("%s does not parse (%s); ONNX sizes left out, rerun python -m benchmarks.export", f, e)
-        return pd.DataFrame()
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (method, params, model, dataset, schedule), finished runs only."""
-    ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})
-    ok = ok if "precision" in ok else ok.assign(precision="fp32")  # a hand-built frame without the column
-    ok = ok if "onnx_bytes" in ok else ok.assign(onnx_bytes=float("nan"))
+    ok = df[df.status == "ok"].fillna({"data_fingerprint": ""})  # a key: groupby would drop a missing one
     keys = ["method", "series", "params", "model", "precision", "dataset", "data_fingerprint", "epochs", "bn_batches"]
     vals = ["accuracy", "accuracy_before_calibration", "bits_remaining_pct", "coded_bits_pct", "weights_remaining_pct",
             "unique_values", "code_entropy_bits", "value_entropy_per_weight", "value_entropy_per_weight_nonzero",
@@ -208,11 +33,12 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_tables(out: str | Path, dest: str | Path | None = None) -> pd.DataFrame:
-    """``results.csv`` and ``tables.md`` of the runs in ``out``, written into ``dest`` (default ``out``)."""
-    out = Path(out)
+def write_tables(runs: Runs, dest: str | Path | None = None) -> pd.DataFrame:
+    """``results.csv`` and ``tables.md`` of a results folder's runs (``runs.load``), written into ``dest``
+    (default the folder itself)."""
+    out = runs.out
     dest = Path(dest) if dest is not None else out
-    df = collect(out)
+    df = runs.table
     with replacing(dest / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
     s = summary(df)
@@ -294,8 +120,6 @@ def near_float(s: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
     accuracy stays within ``points`` of its reference on the same net and data: the mean accuracy of its
     equal-budget control where the grid has one, else the float model's (calibrated alike: ``bn_batches``)."""
     rows = []
-    s = s if "bn_batches" in s else s.assign(bn_batches=0)  # a summary of runs that predate calibration
-    s = s if "precision" in s else s.assign(precision="fp32")
     for _, part in s.groupby(["model", "precision", "dataset", "data_fingerprint", "bn_batches"]):
         model = part.model.iloc[0]
         base = part[part.method == "float"]
