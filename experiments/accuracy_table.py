@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.harness.rundir import missing_runs
 from benchmarks.report.runs import REFERENCES, curve_label, load
 from benchmarks.report.tables import _pm as plus_minus, summary
 
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", default="results/cpu", help="results folder (default: %(default)s)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if not (out / "runs").is_dir():
-        print(f"error: {out} has no runs/ folder; pass a results folder that run_all.py wrote", file=sys.stderr)
+    if (error := missing_runs(out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     table = accuracy_table(load(out).table)
     if table.empty:

@@ -27,7 +27,7 @@ from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, calibrate_batchnorm
-from benchmarks.harness.rundir import finished
+from benchmarks.harness.rundir import finished, missing_runs
 from benchmarks.train import evaluate
 
 log = logging.getLogger("bn_reestimation")
@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batches < 1:
         print(f"error: --batches must be >= 1, got {args.batches}", file=sys.stderr)
         return 2
-    if not (args.out / "runs").is_dir():
-        print(f"error: {args.out} has no runs/ folder; give a results folder such as results/sc-recipe",
-              file=sys.stderr)
+    if (error := missing_runs(args.out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     csv = args.out / "bn_reestimation.csv"
     try:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.report.runs import load
 from benchmarks.report.tables import _pm as plus_minus
+from benchmarks.harness.rundir import missing_runs
 
 KEYS = ["method", "params", "model", "dataset", "data_fingerprint", "bn_batches", "seed"]
 
@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bf16", nargs="?", default="results/cpu-bf16",
                     help="results folder of the same runs in bf16 (default: %(default)s)")
     args = ap.parse_args(argv)
-    for folder in (args.fp32, args.bf16):
-        if not (Path(folder) / "runs").is_dir():
-            print(f"error: {folder} has no runs/ folder; pass a results folder that run_all.py wrote", file=sys.stderr)
-            return 2
+    if (error := missing_runs(args.fp32, args.bf16)) is not None:
+        print(error, file=sys.stderr)
+        return 2
     table = precision_table(load(args.fp32).table, load(args.bf16).table)
     if table.empty:
         print(f"error: no run of {args.bf16} in bf16 has an fp32 twin in {args.fp32}", file=sys.stderr)

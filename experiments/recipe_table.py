@@ -24,6 +24,7 @@ from benchmarks.harness.presets import get_preset
 from benchmarks.report.paired import interpolate, verdict
 from benchmarks.report.runs import load
 from benchmarks.report.tables import _pm as plus_minus
+from benchmarks.harness.rundir import missing_runs
 from methods import get_method
 
 METHOD = "self_compression"
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", default="results/sc-recipe", help="results folder (default: %(default)s)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if not (out / "runs").is_dir():
-        print(f"error: {out} has no runs/ folder; pass the results folder of experiments/sc_recipe.sh", file=sys.stderr)
+    if (error := missing_runs(out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     reestimated = out / "bn_reestimation.csv"
     table = recipe_table(load(out).table, pd.read_csv(reestimated) if reestimated.exists() else None)

@@ -23,7 +23,7 @@ from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.files import replacing, write_json
-from benchmarks.harness.rundir import finished, packed_digest, run_lock
+from benchmarks.harness.rundir import finished, missing_runs, packed_digest, run_lock
 from benchmarks.report.figures import build_all
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--into", type=Path, help="copy the finished runs there first and rewrite the copy instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not (args.out / "runs").is_dir():
-        print(f"error: no runs in {args.out}/runs; pass a results folder written by run_all.py", file=sys.stderr)
+    if (error := missing_runs(args.out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     done = skipped = 0
     try:

@@ -31,7 +31,7 @@ from benchmarks.accounting import packing
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
 from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, finished, held, read_result, run_lock
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, held, missing_runs, read_result, run_lock
 from benchmarks.harness.runner import RunSpec, budget, environment
 from benchmarks.device import pick_device
 from methods import get_method
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bn_batches < 1:
         print(f"error: --bn-batches must be >= 1, got {args.bn_batches}", file=sys.stderr)
         return 2
-    if not (args.out / "runs").is_dir():
-        print(f"error: {args.out} has no runs/ folder; give a results folder such as results/cpu", file=sys.stderr)
+    if (error := missing_runs(args.out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     try:
         n_done, n_moved, n_bad = calibrate_folder(args.out, args.data_dir, args.bn_batches, args.stale_to,

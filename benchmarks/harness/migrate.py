@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.accounting.packing import PackedFileError, verify
 from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, held, packed_digest
+from benchmarks.harness.rundir import RESULT_SCHEMA, held, missing_runs, packed_digest
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", nargs="+", type=Path, help="results folders holding runs/ (e.g. results/cpu)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for out in args.out:
-        if not (out / "runs").is_dir():
-            print(f"error: no runs in {out}/runs; pass results folders written by run_all.py", file=sys.stderr)
-            return 2
+    if (error := missing_runs(*args.out)) is not None:
+        print(error, file=sys.stderr)
+        return 2
     for out in args.out:
         counts = migrate_folder(out)
         log.info("%s: %s", out, ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no runs")

@@ -48,6 +48,15 @@ RERUN_REQUEST = "rerun-requested"
 COMPLETE = "complete"  # written into STAGING once its result is whole: from then on it replaces the old one
 
 
+def missing_runs(*outs: str | os.PathLike) -> str | None:
+    """The one-line error every command-line tool gives for the first of ``outs`` that is not a results
+    folder (no ``runs/`` inside), else None."""
+    for out in outs:
+        if not (Path(out) / "runs").is_dir():
+            return f"error: no runs in {Path(out) / 'runs'}; pass a results folder that run_all.py wrote (e.g. results/cpu)"
+    return None
+
+
 def run_lock(folder: Path) -> FileLock:
     """The lock that whoever trains or clears this run holds (a file ``.lock`` inside the folder)."""
     return FileLock(folder / ".lock")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.files import RunFileError
-from benchmarks.harness.rundir import check_packed
+from benchmarks.harness.rundir import check_packed, missing_runs
 from benchmarks.report.runs import Runs, load
 from benchmarks.report.tables import varying_params
 
@@ -87,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reproduction", type=Path, help="results folder of the reproduction (e.g. repro/cpu)")
     p.add_argument("--csv", type=Path, help="also write the comparison to this CSV file")
     args = p.parse_args(argv)
-    for folder in (args.reference, args.reproduction):
-        if not (folder / "runs").is_dir():
-            print(f"error: no runs in {folder}/runs; pass a results folder written by run_all.py", file=sys.stderr)
-            return 2
+    if (error := missing_runs(args.reference, args.reproduction)) is not None:
+        print(error, file=sys.stderr)
+        return 2
     table, counts = compare(args.reference, args.reproduction)
     print(f"{counts['both']} runs finished in both, {counts['only_reference']} only in {args.reference}, "
           f"{counts['only_reproduction']} only in {args.reproduction}")

@@ -18,6 +18,7 @@ from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.files import replacing  # noqa: E402
+from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.runs import Runs, curve_labels, load  # noqa: E402
 from benchmarks.report.tables import summary, write_tables  # noqa: E402
 
@@ -308,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", help="where to write results.csv, tables.md and figures/ (default: the results folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not (Path(args.out) / "runs").is_dir():
-        print(f"error: no runs in {args.out}/runs; run `python run_all.py --out {args.out}` first", file=sys.stderr)
+    if (error := missing_runs(args.out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     try:
         files = build_all(args.out, args.dest)

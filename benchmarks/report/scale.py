@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.files import replacing  # noqa: E402
+from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
 from benchmarks.report.paired import paired  # noqa: E402
 from benchmarks.report.runs import load as load_runs  # noqa: E402
@@ -223,10 +224,9 @@ def folders_cli(argv: list[str] | None, prog: str, description: str, written: st
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folders = [Path(f) for f in args.folders]
-    for f in folders:
-        if not (f / "runs").is_dir():
-            print(f"error: no runs in {f}/runs; pass results folders that run_all.py wrote", file=sys.stderr)
-            return 2
+    if (error := missing_runs(*folders)) is not None:
+        print(error, file=sys.stderr)
+        return 2
     dest = Path(args.dest) if args.dest else folders[-1]
     try:
         dest.mkdir(parents=True, exist_ok=True)

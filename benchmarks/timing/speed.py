@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
-from benchmarks.harness.rundir import finished
+from benchmarks.harness.rundir import finished, missing_runs
 from benchmarks.models import build_model
 from benchmarks.report.figures import build_all
 
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         "benchmarks.export, CPU provider, into speed_onnxruntime.csv)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not (args.out / "runs").is_dir():
-        print(f"error: no runs in {args.out}/runs; pass a results folder written by run_all.py", file=sys.stderr)
+    if (error := missing_runs(args.out)) is not None:
+        print(error, file=sys.stderr)
         return 2
     if args.repeats < 1 or not args.seconds > 0:
         print(f"error: --repeats must be at least 1 and --seconds above 0, got {args.repeats} and {args.seconds}",
