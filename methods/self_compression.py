@@ -43,14 +43,20 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def quantize(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """q(w, b, e) with per-output-channel ``b`` and ``e``; gradients reach ``b`` and ``e`` through the
-    clamp bounds and ``2^e``, and ``w`` inside the clamp range."""
+def clamped(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w / 2^e clamped to the signed range of ``b`` bits, 2^e), per output channel: rounded, the first is
+    the integer code the export stores; training rounds it with the straight-through estimator."""
     shape = (-1,) + (1,) * (w.dim() - 1)
     b = torch.relu(b).view(shape)
     scale = torch.pow(2.0, e).view(shape)
     half = torch.pow(2.0, b - 1)
-    x = torch.minimum(torch.maximum(w / scale, -half), half - 1)
+    return torch.minimum(torch.maximum(w / scale, -half), half - 1), scale
+
+
+def quantize(w: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """q(w, b, e) with per-output-channel ``b`` and ``e``; gradients reach ``b`` and ``e`` through the
+    clamp bounds and ``2^e``, and ``w`` inside the clamp range."""
+    x, scale = clamped(w, b, e)
     return scale * round_ste(x)
 
 
@@ -283,11 +289,8 @@ class SelfCompression(Method):
         for n in self.topo.nodes:
             q = self.quantizers[n.name]
             w = weight_of(self.modules[n.name]).detach().float()
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            b = torch.relu(q.b).view(shape)
-            scale = torch.pow(2.0, q.e.detach()).view(shape)
-            half = torch.pow(2.0, b - 1)
-            codes = torch.round(torch.minimum(torch.maximum(w / scale, -half), half - 1)).long().cpu()
+            x, scale = clamped(w, q.b.detach(), q.e.detach())
+            codes = torch.round(x).long().cpu()
             codes[~q.alive().cpu()] = 0
             layers.append(LayerCode(n.name, n.kind, tuple(w.shape), shapes[n.name], "channel", codes,
                                     bits=integer_bits(codes), scales=scale.flatten().float().cpu()))
