@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from benchmarks.accounting import packing
 from benchmarks.compressed import CompressedModel, LayerCode, dead_outputs, decode_layer, to_module
@@ -227,17 +228,33 @@ def main(argv: list[str] | None = None) -> int:
         targets = [_runs(path) for path in args.paths]
         datasets: dict[str, Split] = {}
         for out, runs in targets:
-            rows = []
-            for folder in runs:
+            done = _exported(out)
+            todo = [folder for folder in runs if folder.name not in done]
+            if len(todo) < len(runs):
+                log.info("%s: %d of %d runs already exported (their model.onnx matches onnx.csv); skipped", out,
+                         len(runs) - len(todo), len(runs))
+            for folder in tqdm(todo, desc=f"exporting {out}", disable=None):
                 dataset = finished(folder)["spec"]["dataset"]
                 if dataset not in datasets:
                     datasets[dataset] = load_dataset(dataset, args.data_dir).test
-                rows.append(export_run(folder, datasets[dataset]))
-            _write_rows(out, rows)
+                _write_rows(out, [export_run(folder, datasets[dataset])])  # one by one: an interruption keeps them
     except (MissingExtra, ValueError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _exported(out: Path) -> set[str]:
+    """The runs of ``out`` whose row in ``onnx.csv`` describes the ``model.onnx`` they hold (same size): an
+    interrupted export resumes after them. A rerun's roll-forward removes its run's ``model.onnx``."""
+    f = out / "onnx.csv"
+    try:
+        rows = pd.read_csv(f)[["run_id", "onnx_bytes"]] if f.is_file() else pd.DataFrame()
+    except (OSError, ValueError, KeyError):
+        return set()
+    return {str(r.run_id) for r in rows.itertuples()
+            if (out / "runs" / str(r.run_id) / "model.onnx").is_file()
+            and (out / "runs" / str(r.run_id) / "model.onnx").stat().st_size == r.onnx_bytes}
 
 
 def _write_rows(out: Path, rows: list[dict]) -> None:

@@ -57,6 +57,21 @@ def test_every_builtin_method_exports_equal_within_fp32_and_small(smoke):
 
 
 @pytest.mark.slow
+def test_an_interrupted_export_resumes_after_the_runs_it_finished(smoke, caplog):
+    export.main([str(smoke)])
+    rows = __import__("pandas").read_csv(smoke / "onnx.csv")
+    gone = _by_method(smoke)["diffq"] / "model.onnx"
+    gone.unlink()  # as a kill -9 before this run's file, or a rerun's roll-forward, leaves it
+    stamps = {f: f.stat().st_mtime_ns for f in smoke.glob("runs/*/model.onnx")}
+    with caplog.at_level("INFO", logger="benchmarks.export"):
+        assert export.main([str(smoke)]) == 0
+    assert f"{len(rows) - 1} of {len(rows)} runs already exported" in caplog.text
+    assert gone.is_file() and all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # the rest untouched
+    again = __import__("pandas").read_csv(smoke / "onnx.csv")
+    assert sorted(again.run_id) == sorted(rows.run_id)
+
+
+@pytest.mark.slow
 def test_removed_channels_are_absent_from_the_graph(smoke):
     folder = _by_method(smoke)["self_compression"]
     cm = packing.load(folder / "model.packed")
