@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from benchmarks.accounting import packing
 from benchmarks.compressed import CompressedModel, LayerCode, dead_outputs, decode_layer, to_module
@@ -190,11 +190,9 @@ def check(data: bytes, cm: CompressedModel, split: Split) -> dict:
             "torch_accuracy": 100.0 * correct_torch / n, "onnx_accuracy_default_session": 100.0 * correct_default / n}
 
 
-def export_run(folder: Path, split: Split) -> dict:
-    """Write ``<folder>/model.onnx`` for a finished run and return its ``onnx.csv`` row."""
-    result = finished(folder)
-    if result is None:
-        raise ValueError(f"run {folder.name} has not finished (or its files do not check out)")
+def export_run(folder: Path, result: dict, split: Split) -> dict:
+    """Write ``<folder>/model.onnx`` for a finished run (``result``: its checked ``result.json``) and return
+    its ``onnx.csv`` row."""
     cm = packing.load(folder / "model.packed")
     data, int8 = to_onnx(cm)
     with replacing(folder / "model.onnx") as tmp:
@@ -208,12 +206,15 @@ def export_run(folder: Path, split: Split) -> dict:
     return row
 
 
-def _runs(path: Path) -> tuple[Path, list[Path]]:
-    """(results folder, run folders) of a PATH argument."""
+def _runs(path: Path) -> tuple[Path, dict[Path, dict]]:
+    """(results folder, its finished runs' folders and results) of a PATH argument."""
     if (path / "runs").is_dir():
-        return path, sorted(d for d in (path / "runs").iterdir() if finished(d) is not None)
+        return path, {d: r for d in sorted((path / "runs").iterdir()) if d.is_dir() and (r := finished(d)) is not None}
     if (path / "result.json").is_file() and path.parent.name == "runs":
-        return path.parent.parent, [path]
+        r = finished(path)
+        if r is None:
+            raise ValueError(f"run {path.name} has not finished (or its files do not check out)")
+        return path.parent.parent, {path: r}
     raise ValueError(f"{path} is neither a run folder nor a results folder holding runs/")
 
 
@@ -229,15 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         datasets: dict[str, Split] = {}
         for out, runs in targets:
             done = _exported(out)
-            todo = [folder for folder in runs if folder.name not in done]
+            todo = {folder: r for folder, r in runs.items() if folder.name not in done}
             if len(todo) < len(runs):
                 log.info("%s: %d of %d runs already exported (their model.onnx matches onnx.csv); skipped", out,
                          len(runs) - len(todo), len(runs))
-            for folder in tqdm(todo, desc=f"exporting {out}", disable=None):
-                dataset = finished(folder)["spec"]["dataset"]
+            for folder, result in tqdm(todo.items(), desc=f"exporting {out}", disable=None):
+                dataset = result["spec"]["dataset"]
                 if dataset not in datasets:
                     datasets[dataset] = load_dataset(dataset, args.data_dir).test
-                _write_rows(out, [export_run(folder, datasets[dataset])])  # one by one: an interruption keeps them
+                # one row at a time: an interruption keeps every run exported so far
+                _write_rows(out, [export_run(folder, result, datasets[dataset])])
     except (MissingExtra, ValueError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -245,16 +247,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exported(out: Path) -> set[str]:
-    """The runs of ``out`` whose row in ``onnx.csv`` describes the ``model.onnx`` they hold (same size): an
-    interrupted export resumes after them. A rerun's roll-forward removes its run's ``model.onnx``."""
+    """The runs of ``out`` whose row in ``onnx.csv`` describes the ``model.onnx`` they hold (same size, this
+    opset) and whose file is newer than their ``model.packed``: an interrupted export resumes after them. A run
+    trained again (in place, or rolled forward from a rerun) loses its ``model.onnx`` and is exported anew."""
     f = out / "onnx.csv"
     try:
-        rows = pd.read_csv(f)[["run_id", "onnx_bytes"]] if f.is_file() else pd.DataFrame()
+        rows = pd.read_csv(f)[["run_id", "onnx_bytes", "opset"]] if f.is_file() else pd.DataFrame()
     except (OSError, ValueError, KeyError):
         return set()
-    return {str(r.run_id) for r in rows.itertuples()
-            if (out / "runs" / str(r.run_id) / "model.onnx").is_file()
-            and (out / "runs" / str(r.run_id) / "model.onnx").stat().st_size == r.onnx_bytes}
+    done = set()
+    for r in rows.itertuples():
+        onnx_file, packed = out / "runs" / str(r.run_id) / "model.onnx", out / "runs" / str(r.run_id) / "model.packed"
+        if (onnx_file.is_file() and packed.is_file() and r.opset == OPSET and onnx_file.stat().st_size == r.onnx_bytes
+                and onnx_file.stat().st_mtime_ns >= packed.stat().st_mtime_ns):
+            done.add(str(r.run_id))
+    return done
 
 
 def _write_rows(out: Path, rows: list[dict]) -> None:

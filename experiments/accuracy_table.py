@@ -54,7 +54,7 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def _knob(df: pd.DataFrame, params: str) -> str | None:
     """The knob the runs with these parameters recorded (γ, λ, δ), or None (float model, controls)."""
-    knobs = df[df.params == params].knob.dropna() if "knob" in df else pd.Series(dtype=object)
+    knobs = df[df.params == params].knob.dropna()
     return knobs.iloc[0] if len(knobs) else None
 
 

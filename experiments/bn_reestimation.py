@@ -65,7 +65,7 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
                      "params": json.dumps(spec["params"], sort_keys=True),
                      "seed": spec["seed"], "epochs": spec["train"]["epochs"], "accuracy": r["accuracy"],
                      "accuracy_decoded": decoded, "accuracy_bn_reestimated": bn,
-                     "bits_remaining_pct": (r.get("size") or {}).get("bits_remaining_pct"),
+                     "bits_remaining_pct": r["size"]["bits_remaining_pct"],
                      "bn_batches": n_batches, "torch": torch.__version__,
                      "measured": datetime.date.today().isoformat(), "gain": bn - decoded})
     return pd.DataFrame(kept + rows).sort_values("run_id"), len(rows)

@@ -1,5 +1,6 @@
 """ONNX export of the decoded network: every built-in method on the smoke net, round trip equal within fp32,
 8-bit initializers where codes fit, removed channels absent from the graph, one line when the extra is missing."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,13 @@ def test_an_interrupted_export_resumes_after_the_runs_it_finished(smoke, caplog)
     assert gone.is_file() and all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # the rest untouched
     again = __import__("pandas").read_csv(smoke / "onnx.csv")
     assert sorted(again.run_id) == sorted(rows.run_id)
+    # a model.packed newer than its model.onnx (a run trained again, same sizes) is exported anew
+    packed = _by_method(smoke)["float"] / "model.packed"
+    stale = packed.parent / "model.onnx"
+    before = stale.stat().st_mtime_ns
+    os.utime(packed, ns=(before + 10**9, before + 10**9))
+    assert export.main([str(smoke)]) == 0
+    assert stale.stat().st_mtime_ns > before
 
 
 @pytest.mark.slow

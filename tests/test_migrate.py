@@ -72,3 +72,23 @@ def test_migrate_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert migrate.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no runs" in err[0]
+
+
+def test_a_record_the_readers_would_refuse_is_not_marked_current(old_run):
+    folder, committed = old_run
+    broken = _as_schema_1(committed)
+    del broken["budget"]  # a record of before the budget was: nothing to migrate it to
+    (folder / "result.json").write_text(json.dumps(broken))
+    assert "budget" in migrate.migrate_run(folder)
+    assert json.loads((folder / "result.json").read_text()) == broken  # untouched, still an old schema
+
+
+def test_an_error_inside_a_block_that_did_not_get_the_lock_is_not_chained_to_the_timeout(tmp_path):
+    from benchmarks.harness.rundir import held
+
+    with run_lock(tmp_path):
+        with pytest.raises(ValueError) as e:
+            with held(tmp_path) as mine:
+                assert not mine
+                raise ValueError("the caller's own error")
+    assert e.value.__context__ is None

@@ -23,7 +23,7 @@ from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
 from benchmarks.files import replacing, write_json
-from benchmarks.harness.rundir import finished, missing_runs, packed_digest, run_lock
+from benchmarks.harness.rundir import finished, held, missing_runs, packed_digest
 from benchmarks.report.figures import build_all
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in sorted(d for d in (args.out / "runs").iterdir() if d.is_dir()):
             if finished(folder) is None:
                 continue
-            with run_lock(folder):
+            with held(folder, wait=True):
                 if repack(folder):
                     done += 1
                 else:

@@ -31,7 +31,7 @@ from benchmarks.accounting import packing
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
 from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, finished, held, missing_runs, read_result, run_lock
+from benchmarks.harness.rundir import RESULT_SCHEMA, finished, held, missing_runs, read_result
 from benchmarks.harness.runner import RunSpec, budget, environment
 from benchmarks.device import pick_device
 from methods import get_method
@@ -56,7 +56,7 @@ def calibrate_run(folder: Path, data: Dataset, bn_batches: int) -> Path:
     twin = replace(spec, bn_batches=bn_batches)
     dest = folder.parent / twin.run_id
     dest.mkdir(exist_ok=True)
-    with run_lock(dest):
+    with held(dest, wait=True):
         if finished(dest) is not None:
             return dest
         try:
@@ -82,7 +82,7 @@ def _write_twin(folder: Path, old: dict, spec: RunSpec, twin: RunSpec, dest: Pat
     write_json(dest / "config.json", {**config, **twin.as_dict(), "run_id": twin.run_id,
                                       "calibrated_from": folder.name})
     method = get_method(spec.method).from_params(**dict(spec.params))
-    was = old.get("budget") or {}
+    was = old["budget"]
     write_json(dest / "result.json", {
         **old, **scored, "schema": RESULT_SCHEMA, "run_id": twin.run_id, "spec": twin.as_dict(), "calibrated_from": folder.name,
         "calibration_environment": environment(), "calibration_device": str(data.train.images.device),
@@ -103,7 +103,7 @@ def calibrate_folder(out: Path, data_dir: str | None, bn_batches: int = BN_BATCH
             todo.append((folder, r))
     n_done = n_moved = n_bad = 0
     for folder, r in tqdm(todo, desc="calibrating", disable=None):
-        name = r["spec"].get("dataset")
+        name = r["spec"]["dataset"]
         if r["status"] == "ok" and name not in datasets:  # data that cannot be loaded stops it all (exit 2)
             datasets[name] = load_dataset(name, data_dir, dev)
         with held(folder) as mine:

@@ -13,6 +13,8 @@ One step per schema, applied in order, so that the readers only ever see the cur
 
 Running it again changes nothing. Like ``repack`` and ``calibrate_runs``, it takes each run's lock, so a grid
 training in the same folder is never raced; ``run_all.py`` migrates its output folder before it plans a grid.
+A record is written only once it passes the readers' checks (``rundir.check_result``); one that cannot is
+named in one line and left as it is, and counts as not done, like any result that does not check out.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.accounting.packing import PackedFileError, verify
-from benchmarks.files import write_json
-from benchmarks.harness.rundir import RESULT_SCHEMA, held, missing_runs, packed_digest
+from benchmarks.files import RunFileError, write_json
+from benchmarks.harness.rundir import RESULT_SCHEMA, check_result, held, missing_runs, packed_digest
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,10 @@ def migrate_run(folder: Path) -> str:
         try:
             for step in range(schema, RESULT_SCHEMA):
                 STEPS[step](folder, r)
-        except MigrationError as e:
-            return str(e)
-        r["schema"] = RESULT_SCHEMA
+            r["schema"] = RESULT_SCHEMA
+            check_result(r, folder)  # what the readers will ask of it, before anything is written
+        except (MigrationError, RunFileError) as e:
+            return f"result.json {e}" if isinstance(e, RunFileError) else str(e)
         write_json(f, r)
         return "migrated"
 
@@ -95,7 +98,7 @@ def migrate_folder(out: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for folder in sorted(d for d in (out / "runs").iterdir() if d.is_dir()) if (out / "runs").is_dir() else []:
         what = migrate_run(folder)
-        if what not in ("migrated", "current", "no result"):
+        if what not in ("migrated", "current", "no result", "busy"):  # busy: a grid holds it, and migrates it
             log.warning("run %s left as it is: %s", folder.name, what)
             what = "left as it is"
         counts[what] = counts.get(what, 0) + 1

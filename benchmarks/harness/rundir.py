@@ -69,7 +69,10 @@ def held(folder: Path, wait: bool = False) -> Iterator[bool]:
     lock = run_lock(folder)
     try:
         lock.acquire(timeout=-1 if wait else 0)
+        mine = True
     except Timeout:
+        mine = False
+    if not mine:  # yielded outside the except: an error in the caller's block is not chained to the Timeout
         yield False
         return
     try:

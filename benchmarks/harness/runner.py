@@ -37,7 +37,8 @@ from benchmarks.timing.steps import float_step_seconds
 from benchmarks.checkpoints import StaleCheckpoint, resume_history
 from benchmarks.float_cache import float_model
 from benchmarks.train import TrainConfig, seed_everything, steps_per_epoch, train
-from methods import get_method
+from methods import UnknownMethodError, get_method
+from methods.registry import MethodNameConflict
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
                 rundir.complete_rerun(folder)
             return result
         (folder / rundir.RERUN_REQUEST).unlink(missing_ok=True)  # nothing to keep: trained in place
+        (folder / "model.onnx").unlink(missing_ok=True)  # exported from a model this run no longer has
         return _execute_locked(spec, out, folder, data_dir, device, data, progress)
 
 
@@ -152,8 +154,12 @@ def record_failure(spec: RunSpec, out: str | os.PathLike, error: str, trace: str
     log.error("run %s (%s %s) failed: %s", spec.run_id, spec.method, dict(spec.params), error)
     folder = folder if folder is not None else Path(out) / "runs" / spec.run_id
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        knob = get_method(spec.method).knob  # so that its curve is named like its finished runs'
+    except (UnknownMethodError, MethodNameConflict):  # the method cannot be loaded: what it failed on
+        knob = None
     result = {"schema": RESULT_SCHEMA, "status": "failed", "error": error, "traceback": trace, "run_id": spec.run_id,
-              "wall_seconds": wall_seconds, "spec": spec.as_dict(), "environment": env or environment()}
+              "knob": knob, "wall_seconds": wall_seconds, "spec": spec.as_dict(), "environment": env or environment()}
     write_json(folder / "result.json", result)
     return result
 

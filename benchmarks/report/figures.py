@@ -84,7 +84,7 @@ def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
 
 
 def _label(labels: dict[str, str], series: str, model: str, s: pd.DataFrame) -> str:
-    """A curve's legend label: its name (``tables.curve_label``), and its network where a folder has several."""
+    """A curve's legend label: its name (``runs.curve_label``), and its network where a folder has several."""
     name = labels.get(series, series)
     return f"{name} ({model})" if s.model.nunique() > 1 else name
 
@@ -192,7 +192,7 @@ def _styles(labels: list[str]) -> list[dict]:
 
 def _histories(runs: Runs, method: str, knob: str, need: set[str]) -> list[tuple[str, pd.DataFrame]]:
     """(label, history DataFrame) of every finished run of ``method`` whose history has the columns ``need``."""
-    found = [(r, runs.histories[r["run_id"]]) for r in runs.finished(method)]
+    found = [(r, runs.history(r["run_id"])) for r in runs.finished(method)]
     found = [(r, h) for r, h in found if not h.empty and need <= set(h.columns)]
     labels = _labels(runs, [r for r, _ in found], knob)
     return sorted(zip(labels, (h for _, h in found)), key=lambda c: c[0])

@@ -1,8 +1,8 @@
 """One read of a results folder: every run's result and history, and the run table every report is built from.
 
 ``load(out)`` reads each ``<out>/runs/<id>/result.json`` once (through ``rundir.read_result``, so a broken one
-is named in one warning and left out) and each finished run's ``history.jsonl`` once, and builds from them the
-run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget control's
+is named in one warning and left out), and a finished run's ``history.jsonl`` the first time a figure asks for
+it (``Runs.history``: most reports never do), and builds from the results the run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget control's
 accuracy. ``tables.py``, ``figures.py``, ``paired.py``, ``compare.py``, ``scale.py``, ``headline.py`` and the
 experiments' tables all start from it, so a folder is never read twice and a curve is named by one rule:
 ``series_names`` keys it, ``curve_label`` shows it.
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.files import RunFileError, read_history
-from benchmarks.harness.rundir import check_packed, read_result
+from benchmarks.files import read_history
+from benchmarks.harness.rundir import read_result
 from methods import get_method
 
 log = logging.getLogger(__name__)
@@ -44,32 +44,29 @@ class Runs:
     """Every run of one results folder that checks out, read once."""
     out: Path
     results: dict[str, dict]  # run id -> its checked result.json (finished and failed), in folder order
-    histories: dict[str, pd.DataFrame]  # run id -> the per-epoch history of each finished run
     table: pd.DataFrame  # one row per run (``COLUMNS``)
+    _histories: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def finished(self, method: str) -> list[dict]:
         """The finished results of ``method``, in folder order."""
         return [r for r in self.results.values() if r["status"] == "ok" and r["spec"]["method"] == method]
 
+    def history(self, run_id: str) -> pd.DataFrame:
+        """The per-epoch history of a run, read on first use (a torn line is named in a warning and skipped)."""
+        if run_id not in self._histories:
+            self._histories[run_id] = pd.DataFrame(read_history(self.out / "runs" / run_id / "history.jsonl"))
+        return self._histories[run_id]
 
-def load(out: str | Path, deep: bool = False) -> Runs:
-    """Read the results folder ``out`` once. With ``deep``, a finished run also needs the ``model.packed``
-    its result recorded (checksum and reader checks), as a reproduction's comparison does."""
+
+def load(out: str | Path) -> Runs:
+    """Read the results folder ``out`` once (its runs' results; histories on demand)."""
     out = Path(out)
     results = {}
     for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
         r = read_result(folder, deep=False)
-        if r is not None and deep and r["status"] == "ok":
-            try:
-                check_packed(folder, r)
-            except RunFileError as e:
-                log.warning("run %s: %s; left out", folder.name, e)
-                r = None
         if r is not None:
             results[folder.name] = r
-    histories = {i: pd.DataFrame(read_history(out / "runs" / i / "history.jsonl"))
-                 for i, r in results.items() if r["status"] == "ok"}
-    return Runs(out, results, histories, run_table(list(results.values()), out))
+    return Runs(out, results, run_table(list(results.values()), out))
 
 
 def model_name(spec: dict) -> str:
