@@ -140,13 +140,14 @@ def to_module(cm: CompressedModel) -> nn.Module:
     full = space_widths(model, topo)
     prune_(model, topo, {s: torch.arange(full[s]) >= len(k) for s, k in shrink.items()})
     state = {k: v.clone() for k, v in cm.others.items()}
-    masks = remaining_mask(cm)
+    dead = dead_outputs(cm)  # decoded once, for the masks and for the channels removed below
+    masks = remaining_mask(cm, dead)
     for layer in cm.layers:
         state[f"{layer.name}.weight"] = decode_layer(layer, cm.codebook) * masks[layer.name]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
         raise ValueError(f"exported tensors do not fit the model: missing {missing}, unexpected {unexpected}")
-    prune_(model, topo, dead_space_channels(topo, dead_outputs(cm)))
+    prune_(model, topo, dead_space_channels(topo, dead))
     return model.eval()
 
 
@@ -175,6 +176,10 @@ def export_layers(model: nn.Module, spec: ModelSpec, layers: list[LayerCode],
 
 
 def full_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every layer's weight shape in the unpruned network. It builds that network with its default init,
+    which draws from the global RNG: methods call it from ``export()`` every epoch, so those draws are part of
+    every stored run's random stream (DiffQ's noise on a CPU). Caching it, or building on the meta device,
+    would change the results of runs whose ids stay the same; do that only as a deliberate change of results."""
     model = build_model(spec)
     return {n.name: tuple(weight_of(dict(model.named_modules())[n.name]).shape) for n in topology(model).nodes}
 

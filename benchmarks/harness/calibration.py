@@ -66,10 +66,11 @@ def reestimate_batchnorm(model: nn.Module, split: Split, n_batches: int, batch_s
 
 
 def calibrate_batchnorm(cm: CompressedModel, split: Split, n_batches: int, batch_size: int,
-                        seed: int) -> CompressedModel:
+                        seed: int, decoded: nn.Module | None = None) -> CompressedModel:
     """``cm`` with every BatchNorm's running mean and variance re-estimated (``reestimate_batchnorm``) on
-    the network it decodes to. Removed channels keep their stored (unused) statistics."""
-    model = to_module(cm).to(split.images.device)
+    the network it decodes to (``decoded``, when the caller has it already: its statistics are replaced).
+    Removed channels keep their stored (unused) statistics."""
+    model = (decoded if decoded is not None else to_module(cm)).to(split.images.device)
     reestimate_batchnorm(model, split, n_batches, batch_size, seed)
     dead = dead_space_channels(cm.topology, dead_outputs(cm))
     space_of = {n.bn: n.out_space for n in cm.topology.nodes if n.bn is not None}
@@ -97,8 +98,9 @@ def pack_and_score(cm: CompressedModel, path: Path, data: Dataset, bn_batches: i
     device = data.train.images.device
     out = {}
     if bn_batches:
-        out["accuracy_before_calibration"] = evaluate(to_module(cm).to(device), data.test)
-        cm = calibrate_batchnorm(cm, data.train, bn_batches, batch_size, seed)
+        decoded = to_module(cm).to(device)
+        out["accuracy_before_calibration"] = evaluate(decoded, data.test)
+        cm = calibrate_batchnorm(cm, data.train, bn_batches, batch_size, seed, decoded)
     packing.save(cm, path)
     blob = path.read_bytes()
     artifact, layout = packing.read(blob, str(path))  # score what was written, not what is in memory
