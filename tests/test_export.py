@@ -120,6 +120,8 @@ def test_onnxruntime_speed_rows_and_figure(smoke, capsys):
     assert len(df) == 4 and set(df.runtime) == {"onnxruntime"}
     assert (df[["latency_ms_b1", "throughput_b256", "infer_speedup"]] > 0).all().all()
     assert (df.float_throughput_b256 > 0).all() and df.float_latency_ms_b1.nunique() == 1  # one yardstick
+    from benchmarks.device import host
+    assert set(df.cpu_model) == {host("cpu")["cpu_model"]}  # the host every timing holds for
     assert (smoke / "figures" / "accuracy_vs_speedup_by_runtime.png").is_file()
     (smoke / "runs" / df.run_id.iloc[0] / "model.onnx").unlink()
     capsys.readouterr()

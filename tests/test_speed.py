@@ -40,6 +40,7 @@ def test_speed_on_the_smoke_grid(tmp_path, capsys):
     assert speed.main([str(out), "--repeats", "1", "--seconds", "0.05"]) == 0
     df = pd.read_csv(out / "speed.csv")
     assert len(df) == 2 and set(df.device) == {"cpu"}
+    assert df.cpu_model.notna().all() and (df.cpu_count > 0).all()  # the host every timing holds for
     assert (df[["latency_ms_b1", "float_latency_ms_b1", "throughput_b256", "float_throughput_b256"]] > 0).all().all()
     for _, row in df.iterrows():
         decoded = to_module(packing.load(out / "runs" / row.run_id / "model.packed"))

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
+from benchmarks.device import host
 from benchmarks.harness.rundir import finished, missing_runs
 from benchmarks.models import build_model
 from benchmarks.report.figures import build_all
@@ -122,8 +123,15 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
                              "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
                              "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1,
                              "repeats": repeats, "seconds_per_timing": min_seconds, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                             "measured": datetime.date.today().isoformat()})
+                             **_where(device), "measured": datetime.date.today().isoformat()})
     return pd.DataFrame(rows)
+
+
+def _where(device: torch.device | str) -> dict[str, object]:
+    """The host a timing was made on (``device.host``): a speed-up holds for its kind of CPU, not in general."""
+    h = host(device)
+    return {"cpu_model": h["cpu_model"], "cpu_count": h["cpu_count"], "native_bf16": h["native_bf16"],
+            **({"gpu": h["gpu"]} if "gpu" in h else {})}
 
 
 def _ort_seconds(session, x: np.ndarray, min_seconds: float) -> float:
@@ -175,7 +183,7 @@ def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True
                      "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
                      "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1, "repeats": repeats,
                      "seconds_per_timing": min_seconds, "onnxruntime": onnxruntime.__version__,
-                     "measured": datetime.date.today().isoformat()})
+                     **_where("cpu"), "measured": datetime.date.today().isoformat()})
     return pd.DataFrame(rows)
 
 
