@@ -122,8 +122,10 @@ def _int8_form(cm: CompressedModel, layer: LayerCode, weight: torch.Tensor, name
     return None
 
 
-def to_onnx(cm: CompressedModel) -> tuple[bytes, list[str]]:
-    """The ONNX model of ``cm``'s decoded network (batch dimension free) and the layers stored in 8 bits."""
+def to_onnx(cm: CompressedModel, eight_bit: bool = True) -> tuple[bytes, list[str]]:
+    """The ONNX model of ``cm``'s decoded network (batch dimension free) and the layers stored in 8 bits;
+    with ``eight_bit=False`` every weight is a float32 initializer (a larger file that onnxruntime can fold
+    into its convolutions: ``experiments/ort_sessions.py``)."""
     onnx, _ = _onnx()
     module = to_module(cm)
     buf = io.BytesIO()
@@ -140,7 +142,7 @@ def to_onnx(cm: CompressedModel) -> tuple[bytes, list[str]]:
     nodes, int8 = [], []
     for layer in cm.layers:
         name = f"{layer.name}.weight"
-        form = _int8_form(cm, layer, state[name].detach(), name) if name in inits else None
+        form = _int8_form(cm, layer, state[name].detach(), name) if eight_bit and name in inits else None
         if form is None:
             continue
         graph.initializer.remove(inits[name])

@@ -46,6 +46,8 @@ def test_every_builtin_method_exports_equal_within_fp32_and_small(smoke):
         assert rows[method].onnx_accuracy == rows[method].run_accuracy  # the run's accuracy, to the image
         model = onnx.load_from_string(data)
         int8 = [i for i in model.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+        plain, none = export.to_onnx(cm, eight_bit=False)  # the float32 form: no 8-bit initializer, same logits
+        assert not none and export.check(plain, cm, split)["max_logit_diff"] < 1e-3
         if method == "float":
             assert not int8 and rows[method].int8_layers == 0
         else:  # every layer's codes fit 8 bits on the smoke net at these settings
