@@ -51,7 +51,9 @@ def run_folders(out: Path) -> dict[str, tuple]:
         result = {k: v for k, v in json.loads((folder / "result.json").read_text()).items()
                   if k not in ("train_seconds", "wall_seconds")}
         result["budget"] = {k: v for k, v in result.get("budget", {}).items() if not k.endswith("_seconds")}
-        result["environment"] = {k: v for k, v in result["environment"].items() if k != "executor"}  # which one ran it
+        # which executor ran it, and the commit checked out when it started: the repository may get a commit
+        # while a slow comparison runs (seen under load), which changes that record but not the run
+        result["environment"] = {k: v for k, v in result["environment"].items() if k not in ("executor", "git_commit")}
         history = [{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "epoch_time_vs_float")}
                    for line in (folder / "history.jsonl").read_text().splitlines()]
         runs[folder.name] = (sorted(f.name for f in folder.iterdir()), result, history,
@@ -169,6 +171,8 @@ def test_slurm_job_array_gives_the_local_executors_run_folders(reference, tmp_pa
     pytest.importorskip("submitit")
     assert main(tmp_path, *GRID, "--executor", "slurm", "--slurm-cluster", "local") == 0
     assert run_folders(tmp_path) == reference
+    executors = {json.loads(f.read_text())["environment"]["executor"] for f in (tmp_path / "runs").glob("*/result.json")}
+    assert executors == {"slurm"}  # recorded by the array task that ran it
     index = [line.split("\t") for line in (tmp_path / "slurm_logs" / "runs.tsv").read_text().splitlines()]
     assert sorted(row[0] for row in index) == sorted(reference)  # which job ran which run
     for row in index:  # one log folder per array task

@@ -37,7 +37,7 @@ def run(opts: ClusterOptions, waves: list[list[RunSpec]], task: RunTask) -> dict
         name="scnn-bench", timeout_min=opts.slurm_time, cpus_per_task=int(opts.cpus_per_run),
         gpus_per_node=int(opts.gpus_per_run) or None, slurm_partition=opts.slurm_partition,
         slurm_array_parallelism=opts.slurm_max_parallel, slurm_additional_parameters=dict(opts.slurm_options) or None)
-    worker = SlurmRunTask(task.out, task.data_dir, task.device, task.threads, task.token)
+    worker = SlurmRunTask(task.out, task.data_dir, task.device, task.threads, task.token, task.executor)
     results: dict[str, dict] = {}
     for wave in waves:
         jobs = executor.map_array(worker, wave)
