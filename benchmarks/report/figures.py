@@ -143,7 +143,8 @@ def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path, labels: di
     if not f.is_file():
         return False
     try:
-        ort = pd.read_csv(f)[["run_id", "infer_speedup"]].rename(columns={"infer_speedup": "ort_speedup"})
+        ort = pd.read_csv(f)
+        ort = ort[ort.device == "cpu"][["run_id", "infer_speedup"]].rename(columns={"infer_speedup": "ort_speedup"})
     except (OSError, ValueError, KeyError):
         return False
     runs = df[df.status == "ok"].merge(ort, on="run_id", how="left")

@@ -20,6 +20,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
 
 def _where(device: torch.device | str) -> dict[str, object]:
     """The host a timing was made on (``device.host``): a speed-up holds for its kind of CPU, not in general."""
-    h = host(device)
+    h = host(device if torch.device(device).type != "cuda" or torch.cuda.is_available() else "cpu")
     return {"cpu_model": h["cpu_model"], "cpu_count": h["cpu_count"], "native_bf16": h["native_bf16"],
             **({"gpu": h["gpu"]} if "gpu" in h else {})}
 
@@ -149,9 +150,21 @@ def _ort_seconds(session, x: np.ndarray, min_seconds: float) -> float:
 def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True,
                         min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
     """Time every finished run's ``model.onnx`` (``benchmarks.export``) against the float run's, in
-    onnxruntime's CPU provider with its default optimizations (what a deployment gets), interleaved as
-    ``measure`` does; one row per run. ``ValueError`` when a run or the float run has no ``model.onnx``."""
+    onnxruntime's CPU provider with its default optimizations (what a deployment gets), and in its CUDA
+    provider too where onnxruntime has one (onnxruntime-gpu), interleaved as ``measure`` does; one row per
+    (run, device). ``ValueError`` when a run or the float run has no ``model.onnx``."""
+    import onnxruntime
+
     from benchmarks.export import session  # the deploy extra: imported only when asked for
+
+    devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
+    return pd.concat([_onnxruntime_rows(out, repeats, progress, min_seconds, device, session) for device in devices],
+                     ignore_index=True)
+
+
+def _onnxruntime_rows(out: str | Path, repeats: int, progress: bool, min_seconds: float, device: str,
+                      session: Callable) -> pd.DataFrame:
+    """``measure_onnxruntime``'s rows for one provider."""
 
     runs = []
     for folder in sorted(d for d in Path(out).glob("runs/*") if d.is_dir()):
@@ -160,14 +173,14 @@ def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True
             continue
         if not (folder / "model.onnx").is_file():
             raise ValueError(f"run {folder.name} has no model.onnx; run python -m benchmarks.export {out} first")
-        runs.append((r, session((folder / "model.onnx").read_bytes(), exact=False)))
+        runs.append((r, session((folder / "model.onnx").read_bytes(), exact=False, device=device)))
     floats = [s for r, s in runs if r["spec"]["method"] == "float"]
     if not floats:
         raise ValueError(f"{out} has no finished float run to time against; run its float point first")
     ref = floats[0]
     xs = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in BATCHES}
     times = {(r["run_id"], b): [] for r, _ in runs for b in BATCHES} | {("float", b): [] for b in BATCHES}
-    for i in tqdm(range(repeats), desc="speed onnxruntime", disable=None if progress else True):
+    for i in tqdm(range(repeats), desc=f"speed onnxruntime {device}", disable=None if progress else True):
         for r, sess in runs:
             for b in BATCHES:
                 pair = [("float", ref), (r["run_id"], sess)]
@@ -179,11 +192,11 @@ def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True
     for r, _ in runs:
         t1, t256 = (statistics.median(times[(r["run_id"], b)]) for b in BATCHES)
         rows.append({"run_id": r["run_id"], "method": r["spec"]["method"], "runtime": "onnxruntime",
-                     "device": "cpu", "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
+                     "device": device, "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
                      "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
                      "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1, "repeats": repeats,
                      "seconds_per_timing": min_seconds, "onnxruntime": onnxruntime.__version__,
-                     **_where("cpu"), "measured": datetime.date.today().isoformat()})
+                     **_where(device), "measured": datetime.date.today().isoformat()})
     return pd.DataFrame(rows)
 
 
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time on this device (repeatable; default: cpu, and cuda when present)")
     p.add_argument("--runtime", choices=["pytorch", "onnxruntime"], default="pytorch",
                    help="pytorch (eager, into speed.csv) or onnxruntime (every run's model.onnx from "
-                        "benchmarks.export, CPU provider, into speed_onnxruntime.csv)")
+                        "benchmarks.export, CPU provider and CUDA's where present, into speed_onnxruntime.csv)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (error := missing_runs(args.out)) is not None:
