@@ -157,9 +157,10 @@ def to_onnx(cm: CompressedModel, eight_bit: bool = True) -> tuple[bytes, list[st
 
 
 def session(data: bytes, exact: bool = True, device: str = "cpu"):
-    """An onnxruntime session on ``device`` ("cpu", or "cuda": the CUDA provider of onnxruntime-gpu). ``exact`` turns off onnxruntime's QDQ rewrites: by default it turns a
-    DequantizeLinear feeding Gemm into MatMulNBits, which quantizes the activations too (measured on a
-    self-compression run: logits off by up to 0.02, 3 of 10,000 images classified differently)."""
+    """An onnxruntime session on ``device`` ("cpu", or "cuda": the CUDA provider of onnxruntime-gpu).
+    ``exact`` turns off onnxruntime's QDQ rewrites: by default it turns a DequantizeLinear feeding Gemm into
+    MatMulNBits, which quantizes the activations too (measured on a self-compression run: logits off by up to
+    0.02, 3 of 10,000 images classified differently)."""
     _, ort = _onnx()
     options = ort.SessionOptions()
     options.log_severity_level = 3

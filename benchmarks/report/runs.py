@@ -97,8 +97,8 @@ def run_table(results: list[dict], out: Path | None = None) -> pd.DataFrame:
     df["series"] = series_names(df)
     df["control_accuracy"] = control_accuracy(df)
     df["vs_control"] = df.accuracy - df.control_accuracy  # seed by seed
-    for extra, keys in ((read_speed(out), list(SPEED_KEYS)), (read_onnx(out), ["onnx_bytes"])):
-        if out is not None and not extra.empty:
+    for extra, keys in ((read_speed(out), list(SPEED_KEYS)), (read_onnx(out), ["onnx_bytes"])) if out else ():
+        if not extra.empty:
             df = df.drop(columns=keys).merge(extra, on="run_id", how="left")[COLUMNS]
     return df.astype({k: float for k in ("accuracy_before_calibration", "coded_bits", "coded_bits_pct", "onnx_bytes",
                                          "code_entropy_bits", *SPEED_KEYS, *BUDGET_KEYS, "control_accuracy",
@@ -183,11 +183,11 @@ def curve_labels(df: pd.DataFrame) -> dict[str, str]:
     return labels
 
 
-def read_speed(out: Path | None) -> pd.DataFrame:
+def read_speed(out: Path) -> pd.DataFrame:
     """``run_id`` and the measured inference columns of ``<out>/speed.csv`` (its CPU rows, else its first
     device's); empty when there is none or it does not parse (then one warning says so)."""
-    f = Path(out or "") / "speed.csv"
-    if out is None or not f.is_file():
+    f = out / "speed.csv"
+    if not f.is_file():
         return pd.DataFrame()
     try:
         speed = pd.read_csv(f)
@@ -198,11 +198,11 @@ def read_speed(out: Path | None) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def read_onnx(out: Path | None) -> pd.DataFrame:
+def read_onnx(out: Path) -> pd.DataFrame:
     """``run_id`` and ``onnx_bytes`` of ``<out>/onnx.csv`` (``benchmarks.export``); empty when there is none or
     it does not parse (then one warning says so)."""
-    f = Path(out or "") / "onnx.csv"
-    if out is None or not f.is_file():
+    f = out / "onnx.csv"
+    if not f.is_file():
         return pd.DataFrame()
     try:
         return pd.read_csv(f)[["run_id", "onnx_bytes"]].drop_duplicates("run_id")

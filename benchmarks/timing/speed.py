@@ -20,7 +20,6 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,18 +152,7 @@ def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True
     onnxruntime's CPU provider with its default optimizations (what a deployment gets), and in its CUDA
     provider too where onnxruntime has one (onnxruntime-gpu), interleaved as ``measure`` does; one row per
     (run, device). ``ValueError`` when a run or the float run has no ``model.onnx``."""
-    import onnxruntime
-
-    from benchmarks.export import session  # the deploy extra: imported only when asked for
-
-    devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
-    return pd.concat([_onnxruntime_rows(out, repeats, progress, min_seconds, device, session) for device in devices],
-                     ignore_index=True)
-
-
-def _onnxruntime_rows(out: str | Path, repeats: int, progress: bool, min_seconds: float, device: str,
-                      session: Callable) -> pd.DataFrame:
-    """``measure_onnxruntime``'s rows for one provider."""
+    import onnxruntime  # the deploy extra: imported only when asked for
 
     runs = []
     for folder in sorted(d for d in Path(out).glob("runs/*") if d.is_dir()):
@@ -173,11 +161,23 @@ def _onnxruntime_rows(out: str | Path, repeats: int, progress: bool, min_seconds
             continue
         if not (folder / "model.onnx").is_file():
             raise ValueError(f"run {folder.name} has no model.onnx; run python -m benchmarks.export {out} first")
-        runs.append((r, session((folder / "model.onnx").read_bytes(), exact=False, device=device)))
-    floats = [s for r, s in runs if r["spec"]["method"] == "float"]
-    if not floats:
+        runs.append((r, (folder / "model.onnx").read_bytes()))
+    if not any(r["spec"]["method"] == "float" for r, _ in runs):
         raise ValueError(f"{out} has no finished float run to time against; run its float point first")
-    ref = floats[0]
+    devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
+    return pd.concat([_onnxruntime_rows(runs, repeats, progress, min_seconds, device) for device in devices],
+                     ignore_index=True)
+
+
+def _onnxruntime_rows(found: list[tuple[dict, bytes]], repeats: int, progress: bool, min_seconds: float,
+                      device: str) -> pd.DataFrame:
+    """``measure_onnxruntime``'s rows for one provider: ``found`` holds each finished run's result and ONNX file."""
+    import onnxruntime
+
+    from benchmarks.export import session
+
+    runs = [(r, session(data, exact=False, device=device)) for r, data in found]
+    ref = next(s for r, s in runs if r["spec"]["method"] == "float")
     xs = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in BATCHES}
     times = {(r["run_id"], b): [] for r, _ in runs for b in BATCHES} | {("float", b): [] for b in BATCHES}
     for i in tqdm(range(repeats), desc=f"speed onnxruntime {device}", disable=None if progress else True):
@@ -187,7 +187,6 @@ def _onnxruntime_rows(out: str | Path, repeats: int, progress: bool, min_seconds
                 for key, s in pair if i % 2 == 0 else pair[::-1]:
                     times[(key, b)].append(_ort_seconds(s, xs[b], min_seconds))
     f1, f256 = (statistics.median(times[("float", b)]) for b in BATCHES)
-    import onnxruntime
     rows = []
     for r, _ in runs:
         t1, t256 = (statistics.median(times[(r["run_id"], b)]) for b in BATCHES)
