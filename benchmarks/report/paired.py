@@ -5,8 +5,8 @@ curve (accuracy against bits remaining, linear in log(bits) between neighbouring
 extrapolated) at every size where both curves exist: the grid points of either method inside the range
 both cover. The difference is taken seed by seed (each seed's curve against the same seed's curve of the
 other method, at the size the grid point has in that seed) and summarised as mean ± std over the seeds both
-have; it is called a win only when the mean is more than two standard errors from zero, otherwise a tie (and
-with one seed there is no verdict).
+have; it is called a win only when the mean is more than two standard errors from zero, otherwise a tie, and
+only over three seeds or more (fewer give no verdict: two seeds' std says almost nothing about the spread).
 
 Methods whose training budgets differ (weight fixing's 30 epochs against 8) are also compared against their
 own equal-budget controls: the same seed-wise difference of ``accuracy − control`` (``vs_control``), so that
@@ -97,9 +97,10 @@ def _seed_difference(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float, val
 
 
 def verdict(a: str, b: str, mean: float, std: float, n: int) -> str:
-    """``a`` or ``b`` when the mean difference is more than two standard errors from zero, else a tie."""
-    if n < 2 or not math.isfinite(std):
-        return "no verdict (1 seed)" if n == 1 else "no verdict"
+    """``a`` or ``b`` when the mean difference is more than two standard errors from zero, else a tie; fewer than
+    three seeds give no verdict (the project's rule for any comparison claim)."""
+    if n < 3 or not math.isfinite(std):
+        return f"no verdict ({n} seed{'' if n == 1 else 's'})"
     if abs(mean) <= 2 * std / math.sqrt(n):
         return "tie"
     return a if mean > 0 else b
