@@ -1,6 +1,7 @@
 """Run folders that survive anything, results that never mix, files that execute nothing, bad input named.
 
 One test per way a new user broke the harness (each failed before the fix), plus concurrent and killed grids.
+The end-to-end ones (grids, subprocesses) are marked slow; the rest run in the fast tier.
 """
 import json
 import logging
@@ -26,8 +27,6 @@ from benchmarks.report import compare, figures
 from benchmarks.float_cache import float_cache_path
 from conftest import stored_result
 from test_data import write_fake_cifar
-
-pytestmark = pytest.mark.slow  # end-to-end: grids, subprocesses, clusters
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.3"]
@@ -60,6 +59,7 @@ def run_dirs(out: Path) -> dict[str, Path]:
     return {json.loads((d / "config.json").read_text())["method"]: d for d in (out / "runs").iterdir()}
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_per_preset(tmp_path, monkeypatch, grid):
     monkeypatch.chdir(tmp_path)
     assert grid(None, *SMALL)[0] == 0
@@ -67,6 +67,7 @@ def test_default_output_folder_is_per_preset(tmp_path, monkeypatch, grid):
     assert [d.name for d in (tmp_path / "results").iterdir()] == ["smoke"]  # nothing lands beside other presets
 
 
+@pytest.mark.slow
 def test_reused_runs_are_announced_rerun_retrains_and_compare_reports(tmp_path, grid):
     _, first, _ = grid(tmp_path / "ref", *SMALL)
     assert len(first) == 2
@@ -84,6 +85,7 @@ def test_reused_runs_are_announced_rerun_retrains_and_compare_reports(tmp_path, 
     assert len(rerun) == 2 and cache.read_bytes() == before  # the float model others start from is kept
 
 
+@pytest.mark.slow
 def test_compare_cli(tmp_path, capsys, grid):
     grid(tmp_path / "a", "--methods", "float")
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "a"), "--csv", str(tmp_path / "c.csv")]) == 0
@@ -91,6 +93,7 @@ def test_compare_cli(tmp_path, capsys, grid):
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.slow
 def test_another_copy_of_the_data_never_reuses_a_result(tmp_path, grid):
     for name, seed in (("fake", 1), ("real", 2)):
         write_fake_cifar(tmp_path / name, seed=seed)
@@ -110,6 +113,7 @@ def _flip_byte(path: Path, at: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, content", [("history.jsonl", '{"epoch": 1}\n{"epo'),
                                              ("result.json", "[]"),
                                              ("result.json", '{"status": "ok"}'),
@@ -134,6 +138,7 @@ def test_damaged_run_folder_is_named_and_redone(tmp_path, damage, content, grid)
     assert json.loads((victim / "result.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_corrupted_float_cache_is_named_and_rebuilt(tmp_path, grid):
     out = tmp_path / "out"
     grid(out, *SMALL)
@@ -168,6 +173,7 @@ def test_crafted_checkpoint_executes_nothing(tmp_path, caplog):
     assert "weights_only" not in warned[0] and "trust" not in warned[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_are_plain_data(tmp_path, monkeypatch):
     """Every checkpoint the loop writes (weights after surgery, method state, optimizers, RNG) loads with
     ``weights_only=True``."""
@@ -188,6 +194,7 @@ def test_checkpoints_are_plain_data(tmp_path, monkeypatch):
     assert len(seen) >= 9 and all("rng" in s and "method" in s for s in seen)
 
 
+@pytest.mark.slow
 def test_concurrent_grids_never_train_a_run_twice(tmp_path):
     out = tmp_path / "out"
     args = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.01,0.1,0.3"]
@@ -202,6 +209,7 @@ def test_concurrent_grids_never_train_a_run_twice(tmp_path):
     _assert_folders_intact(out, 4)
 
 
+@pytest.mark.slow
 def test_kill_9_then_concurrent_grids_resume_and_complete(tmp_path):
     out = tmp_path / "out"
     args = ["--methods", "float,self_compression", "--grid", "self_compression.gamma=0.003,0.3", "--epochs", "6"]
@@ -239,6 +247,7 @@ def _assert_folders_intact(out: Path, n: int):
         assert not list(d.glob("*.tmp")) and not (d / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
     out = tmp_path / "out"
@@ -252,6 +261,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, jobs):
     assert err.strip().splitlines() == ["interrupted; rerun the same command to resume"]  # no worker noise either
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--grid", "self_compression.gamma=-1"], "self_compression.gamma must be a finite number in [0, 100]"),
     (["--grid", "self_compression.gamma=Infinity"], "self_compression.gamma must be a finite number, got inf"),
@@ -273,12 +283,14 @@ def test_bad_parameter_values_are_named_not_called_broken(args, message, tmp_pat
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_jobs_above_core_count_warns(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert run_all.main(["--preset", "smoke", "--out", str(tmp_path), "--methods", "float", "--jobs", "3"]) == 0
     assert any("--jobs 3 is more than the 2 cores" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_figures_on_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, grid):
     grid(tmp_path, "--methods", "float")
     capsys.readouterr()
@@ -323,6 +335,7 @@ def test_float_cache_key_is_the_data_content(tmp_path):
     assert a.fingerprint == make_synthetic(seed=0).fingerprint
 
 
+@pytest.mark.slow
 def test_rerun_of_one_point_retrains_that_point_and_keeps_the_float_model(tmp_path, grid):
     out = tmp_path / "out"
     grid(out, *SMALL)
@@ -335,6 +348,7 @@ def test_rerun_of_one_point_retrains_that_point_and_keeps_the_float_model(tmp_pa
     assert not (victim / "rerun").exists() and not (victim / "rerun-requested").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_rerun_leaves_the_old_result_and_float_model_in_place(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "run_all.py"), "--preset", "smoke", "--out", str(out), "-q", *SMALL,
@@ -358,6 +372,7 @@ def test_interrupted_rerun_leaves_the_old_result_and_float_model_in_place(tmp_pa
     assert r["status"] == "ok" and r["packed_sha256"] and r["schema"] == RESULT_SCHEMA
 
 
+@pytest.mark.slow
 def test_retraining_a_float_model_needs_its_flag_and_names_the_runs_that_started_from_it(tmp_path, grid):
     out = tmp_path / "out"
     grid(out, *SMALL, "--grid", "self_compression.from_float=true")  # starts from the float model
@@ -371,6 +386,7 @@ def test_retraining_a_float_model_needs_its_flag_and_names_the_runs_that_started
     assert not list((out / "cache").glob("*.retrain"))
 
 
+@pytest.mark.slow
 def test_every_result_says_where_it_was_made(tmp_path, grid):
     grid(tmp_path, "--methods", "float")
     env = json.loads((run_dirs(tmp_path)["float"] / "result.json").read_text())["environment"]
@@ -379,6 +395,7 @@ def test_every_result_says_where_it_was_made(tmp_path, grid):
     assert env["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_compare_checks_the_files_and_says_which_half_of_the_contract_holds(tmp_path, grid):
     grid(tmp_path / "a", "--methods", "float")
     grid(tmp_path / "b", "--methods", "float")
@@ -393,6 +410,7 @@ def test_compare_checks_the_files_and_says_which_half_of_the_contract_holds(tmp_
     assert list(compare.compare(tmp_path / "a", tmp_path / "b")[0].contract) == ["seed noise"]
 
 
+@pytest.mark.slow
 def test_figures_rebuilt_twice_are_byte_identical(tmp_path, grid):
     grid(tmp_path / "out", *SMALL)
     for dest in ("a", "b"):
@@ -403,6 +421,7 @@ def test_figures_rebuilt_twice_are_byte_identical(tmp_path, grid):
     assert b"CreationDate" not in (tmp_path / "a" / "figures" / "accuracy_vs_bits.pdf").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_results_folder_holds_one_kind_of_run(tmp_path, grid):
     out = tmp_path / "out"
     write_fake_cifar(tmp_path / "data")
@@ -417,6 +436,7 @@ def test_a_results_folder_holds_one_kind_of_run(tmp_path, grid):
     assert "different data sets" in (out / "tables.md").read_text()  # and the tables say so
 
 
+@pytest.mark.slow
 def test_one_kind_refusal_is_one_line(tmp_path, capsys):
     assert run_all.main(["--preset", "smoke", "--methods", "float", "--out", str(tmp_path), "-q"]) == 0
     capsys.readouterr()
@@ -426,6 +446,7 @@ def test_one_kind_refusal_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "holds runs of synthetic tinycnn" in err[0] and "--mix-runs" in err[0]
 
 
+@pytest.mark.slow
 def test_a_damaged_folder_is_named_once_by_the_report(tmp_path, grid, caplog):
     grid(tmp_path, *SMALL)
     victim = run_dirs(tmp_path)["self_compression"]
@@ -436,6 +457,7 @@ def test_a_damaged_folder_is_named_once_by_the_report(tmp_path, grid, caplog):
     assert sum(victim.name in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_auto_precision_keeps_the_arithmetic_of_the_runs_a_folder_holds(tmp_path, grid, monkeypatch):
     """Where auto would pick bf16 (a native host with the evidence), a folder of fp32 runs stays fp32, so that
     `make run` on a fresh clone reuses the committed runs instead of training a bf16 copy beside them."""
