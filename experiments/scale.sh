@@ -28,7 +28,10 @@ step() { ORDER+=("$1"); STEP[$1]="${*:2}"; }
 # the 1-point limit and the answer would be a bound
 HALF="--methods float,float_control,self_compression,diffq --grid float_control.like=self_compression
       --grid self_compression.gamma=0.1,0.03,0.01,0.003 --grid diffq.lam=0.3,0.03"
-FULL="--methods float,float_control,self_compression --grid float_control.like=self_compression
+# at width 1.0 the control comes after the compression points: an 8-epoch run takes ~45 min on a 2-core CPU, so
+# a session that cannot finish the step lands the point the question is about first (against the float model,
+# a screen, until the control lands)
+FULL="--methods float,self_compression,float_control --grid float_control.like=self_compression
       --grid self_compression.gamma=${FULL_GAMMAS:-0.1,0.01}"
 
 step half-s0  --model resnet9x0.5 --seeds 0 $HALF
