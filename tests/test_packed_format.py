@@ -1,5 +1,5 @@
 """Packed format v2: exact round trips in both codings, coded_bits measured from the file, the two entropies,
-stored version 1 files, and a reader written from the README's format description alone."""
+stored version 1 files, and a reader written from the format description alone (docs/packed-format.md)."""
 import glob
 import hashlib
 import json
@@ -199,7 +199,7 @@ def test_without_constriction_fixed_length_is_written_and_coded_files_name_the_e
         packing.from_bytes(coded)
 
 
-# ---- an independent reader, written from README "Packed file format, version 2" alone ---------------------
+# ---- an independent reader, written from the format description alone (docs/packed-format.md) ------------
 
 class Bits:
     """MSB-first unsigned integers from a byte string."""

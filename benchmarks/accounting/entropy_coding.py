@@ -15,7 +15,7 @@ Per bucket of width ``b`` holding ``n`` weights, in the layer's bit stream (MSB 
       flag        1 bit: 0 = list, 1 = bitmap             the writer takes the shorter
       codes       list: d codes at b bits, strictly increasing;
                   bitmap: 2^b bits, bit i set when code i occurs (exactly d set)
-      cw          6 bits, 1..64                           width of the counts
+      cw          6 bits, 1..bit_length(n)                width of the counts
       counts      d counts at cw bits each, >= 1, summing to n, in the order of the codes
 
 The ANS stream follows the layer's bit stream as little-endian uint32 words. It is constriction 0.5's

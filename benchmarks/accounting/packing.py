@@ -1,6 +1,6 @@
 """The packed model file: codes fixed-length or entropy-coded, side information, a plain-data header, a checksum.
 
-Format version 2 (README, "Packed file format, version 2", is the complete description)::
+Format version 2 (docs/packed-format.md is the complete description)::
 
     b"SCNNPACK", version uint16, header length H uint32    (little-endian)
     header          H bytes of UTF-8 JSON: architecture, topology, per layer its scheme, shapes, coding,
