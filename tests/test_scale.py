@@ -75,6 +75,19 @@ def test_scale_report_reads_each_network_against_its_own_control(tmp_path):
     assert "7.75 ± 0.00 (3)" in md and "python -m benchmarks.report.scale" in md
 
 
+def test_a_network_whose_control_has_not_landed_is_listed_without_a_reading(tmp_path):
+    """The state a long study passes through (width 1.0: its float model and a compression point, the control
+    still to train): the network is listed, with no reading and no crash, and the others are unchanged."""
+    out = _folder(tmp_path / "res")
+    _write(out, 900, "float", {}, 0, 1.0, 91.0, 100.0, 100.0)
+    _write(out, 901, "self_compression", {**SC, "gamma": 0.1}, 0, 1.0, 88.0, 2.0, 20.0, knob="gamma")
+    table = scale.write_scale([out], out).set_index("model")
+    full = table.loc["resnet9x1.0"]
+    assert full["control accuracy %"] == "—" and full["bits % within 1"] == "—" and full["float accuracy %"] == "91.00 (1)"
+    assert table.loc["resnet9x0.25", "bits % within 1"] == "7.75 ± 0.00 (3)"
+    assert (out / "figures" / "scale.png").stat().st_size > 0
+
+
 def test_scale_cli_refuses_a_folder_without_runs(tmp_path, capsys):
     assert scale.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

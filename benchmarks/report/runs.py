@@ -113,15 +113,18 @@ def own_epochs(result: dict) -> int:
 
 
 def control_accuracy(df: pd.DataFrame) -> pd.Series:
-    """Per compression run, the accuracy of its equal-budget control: the ``float_control`` run with the same
-    schedule (``budget.schedule``), seed and data, and the same float model where both recorded which
-    (``float_digest``: null where it was not recorded). NaN where there is none, where every candidate started
-    from another float model, or where the run is a control itself."""
+    """Per compression run, the accuracy of its equal-budget control: the ``float_control`` run of the same
+    network and training arithmetic with the same schedule (``budget.schedule``), seed and data, and the same
+    float model where both recorded which (``float_digest``: null where it was not recorded). NaN where there
+    is none, where every candidate started from another float model, or where the run is a control itself.
+    The network is part of the key because a schedule names epochs and learning rates, not the net: a width
+    whose control has not trained yet must get none, not another width's."""
+    key = ["model", "precision", "schedule", "seed", "data_fingerprint"]
     ok = df[(df.status == "ok") & (df.method == "float_control") & df.schedule.notna()]
-    controls = {k: g for k, g in ok.groupby(["schedule", "seed", "data_fingerprint"])}
+    controls = {k: g for k, g in ok.groupby(key)}
     out = []
-    for key, digest, method in zip(zip(df.schedule, df.seed, df.data_fingerprint), df.float_digest, df.method):
-        g = controls.get(key) if method not in REFERENCES else None
+    for k, digest, method in zip(df[key].itertuples(index=False, name=None), df.float_digest, df.method):
+        g = controls.get(k) if method not in REFERENCES else None
         if g is not None and isinstance(digest, str):
             g = g[g.float_digest.isna() | (g.float_digest == digest)]
         out.append(g.accuracy.mean() if g is not None and len(g) else float("nan"))
