@@ -9,16 +9,25 @@
 #      points (experiments/scale.sh full-s0), their run folders copied under $OUT/scale
 # Usage, from the repository root (the device tool sets OUT; anywhere else it defaults to ./gpu-check):
 #   bash scripts/gpu_check.sh
+#   DEVICE=cpu bash scripts/gpu_check.sh   # a rehearsal: every step on the CPU with the timings cut to one
+#                                          # round, to check the script itself before a GPU's minutes are spent
 # Installs nothing when python3 already imports the project's dependencies (GPU images have torch, pandas,
 # matplotlib, tabulate, tqdm, filelock); otherwise it runs the README's `pip install -e .`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
 PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 SCNN_OFFLINE=1
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "error: no CUDA device here (or no torch in $PY); run this on a GPU machine, PY=... names its python" >&2
+case $DEVICE in
+  cuda) STEP_ARGS="--repeats 5 --steps 5 --warmup 5"; SPEED_ARGS="--repeats 3"; SMOKE_S=180 ;;
+  # a rehearsal: a bf16 smoke grid on 2 busy cores took over 180 s (2026-12-02)
+  cpu) STEP_ARGS="--repeats 1 --steps 1 --warmup 1"; SPEED_ARGS="--repeats 1 --seconds 0.05"; SMOKE_S=900 ;;
+  *) echo "error: DEVICE must be cuda or cpu (a rehearsal), got $DEVICE" >&2; exit 2 ;;
+esac
+if [[ $DEVICE == cuda ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "error: no CUDA device here (or no torch in $PY); run this on a GPU machine (PY=... names its python), or rehearse with DEVICE=cpu" >&2
   exit 2
 fi
 "$PY" -c "import pandas, matplotlib, tabulate, tqdm, filelock" 2>/dev/null || "$PY" -m pip install -q -e . || exit 2
@@ -26,24 +35,25 @@ t0=$SECONDS
 step() { echo "== [$((SECONDS - t0)) s] $*" >&2; }
 
 step "host"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.csv"
-"$PY" - "$OUT/host.json" <<'PY'
+[[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.csv"
+"$PY" - "$OUT/host.json" "$DEVICE" <<'PY'
 import json, sys, torch
 from benchmarks.device import host
-rec = {**host("cuda"), "torch": torch.__version__, "cuda": torch.version.cuda}
+rec = {**host(sys.argv[2]), "torch": torch.__version__, "cuda": torch.version.cuda}
 json.dump(rec, open(sys.argv[1], "w"), indent=1)
 print(rec)
 PY
 
-step "smoke preset on CUDA, bf16"
+step "smoke preset on $DEVICE, bf16"
 start=$SECONDS
-timeout 180 "$PY" run_all.py --preset smoke --device cuda --precision bf16 --out "$OUT/smoke" -q > "$OUT/smoke.log" 2>&1
+timeout "$SMOKE_S" "$PY" run_all.py --preset smoke --device "$DEVICE" --precision bf16 --out "$OUT/smoke" -q > "$OUT/smoke.log" 2>&1
 echo "smoke exit $? in $((SECONDS - start)) s" | tee -a "$OUT/smoke.log"
 
 for precision in bf16 fp32; do
   step "paper-size training step, $precision"
-  timeout 180 "$PY" -m benchmarks.timing.step_speed "$OUT/steps-$precision" --preset paper --device cuda \
-    --precision "$precision" --methods float,self_compression --repeats 5 --steps 5 --warmup 5 \
+  # shellcheck disable=SC2086  # the arguments split on purpose
+  timeout 180 "$PY" -m benchmarks.timing.step_speed "$OUT/steps-$precision" --preset paper --device "$DEVICE" \
+    --precision "$precision" --methods float,self_compression $STEP_ARGS \
     && cp "$OUT/steps-$precision/step_speed.csv" "$OUT/step_speed_$precision.csv"
 done
 "$PY" - "$OUT" <<'PY'
@@ -57,12 +67,18 @@ if rows:
     print(df[["method", "precision", "step_ms", "images_per_s", "epoch_s (50,000 images)"]].to_markdown(index=False))
 PY
 
-step "inference speed of the committed cpu runs on CUDA"
-timeout 240 "$PY" -m benchmarks.timing.speed results/cpu --device cuda --repeats 3 > "$OUT/speed.log" 2>&1 \
-  && cp results/cpu/speed.csv "$OUT/speed_cuda.csv"
+step "inference speed of the committed cpu runs on $DEVICE"
+# on a copy: the tool writes speed.csv and rebuilds the reports in the folder it times, and results/cpu's
+# speed.csv is the idle-CPU measurement the README cites
+copy=$(mktemp -d)
+cp -r results/cpu "$copy/cpu"
+# shellcheck disable=SC2086
+timeout 240 "$PY" -m benchmarks.timing.speed "$copy/cpu" --device "$DEVICE" $SPEED_ARGS > "$OUT/speed.log" 2>&1 \
+  && cp "$copy/cpu/speed.csv" "$OUT/speed_$DEVICE.csv"
+rm -rf "$copy"
 tail -5 "$OUT/speed.log"
 
-if [[ "${STUDY:-0}" == 1 && -d "${SCNN_DATA:-data}/cifar-10-batches-py" ]]; then
+if [[ $DEVICE == cuda && "${STUDY:-0}" == 1 && -d "${SCNN_DATA:-data}/cifar-10-batches-py" ]]; then
   step "scale study, width 1.0, seed 0"
   PY="$PY" bash experiments/scale.sh full-s0 > "$OUT/scale.log" 2>&1
   tar czf "$OUT/scale-runs.tar.gz" results/scale/runs results/scale/cache/float-*.pt 2>/dev/null
