@@ -1,4 +1,5 @@
 """Equal-budget controls, budgets in results.csv, and several seeds per point."""
+import math
 from dataclasses import replace
 
 import pandas as pd
@@ -79,8 +80,12 @@ def test_a_control_pairs_with_a_run_only_if_it_started_from_the_same_float_model
 
     df = pd.DataFrame({
         "method": ["self_compression", "float_control", "diffq", "float_control", "diffq", "float_control"],
-        "schedule": "s", "data_fingerprint": "d", "status": "ok",
+        "schedule": "s", "data_fingerprint": "d", "status": "ok", "model": "resnet9x0.25", "precision": "fp32",
         "seed": [0, 0, 1, 1, 2, 2], "accuracy": [80.0, 88.0, 81.0, 87.0, 82.0, 86.0],
         "float_digest": ["a", "a", "b", "c", "e", None]})
     assert control_accuracy(df).tolist()[::2] == [88.0, pytest.approx(float("nan"), nan_ok=True), 86.0]
     assert control_accuracy(df)[1::2].isna().all()  # a control has no control
+    # another network (or arithmetic) with the same schedule and seed is not the run's control either
+    for column, other in (("model", "resnet9x0.5"), ("precision", "bf16")):
+        moved = df.assign(**{column: [other] + [df[column][0]] * 5})
+        assert math.isnan(control_accuracy(moved)[0])
