@@ -8,7 +8,7 @@ share of that vector (``wf_cluster.SHARES``); between rounds the weights not yet
 move) for ``epochs_per_round`` epochs (the paper's 3, at the authors' Adam 2e-5 for CIFAR ResNets). Each
 round is one training phase; ``on_phase_start`` fixes before the phase retrains.
 
-Centres (``wf_cluster.centre_values``): 0 and ±2^k (2^-7 <= |c| <= 2^k_max) at order 0; order o >= 1 adds,
+Centres (``wf_centres.centre_values``): 0 and ±2^k (2^-7 <= |c| <= 2^k_max) at order 0; order o >= 1 adds,
 per point of the geometric grid of ratio (1 + δ_t) / (1 - δ_t) from 2^-7, the nearest sum of at most o + 1
 powers of two. k_max = 0 (the paper's |c| <= 1) unless the starting weights exceed 1 in magnitude (it is
 fixed at ``prepare`` to the smallest power of two covering them). Selection
@@ -25,7 +25,7 @@ paper's 10δ … δ (``delta_schedule="9to1"``: the first version's max(δ, δ (
 Regulariser: ``α · L_reg``, L_reg = mean_i Σ_j softmin_j(D_ij / τ) D_ij over the unfixed weights and the
 centres chosen so far (the values fixed weights hold, as in the authors' code; ``reg_centres="candidates"``:
 every candidate centre of the current order, the first version), α = stopgrad(λ · CE / L_reg). We floor the denominator of D at 2^-7 (see
-``wf_cluster.softmin_distance_terms``) and compute it exactly in chunks of weights.
+``wf_centres.softmin_distance_terms``) and compute it exactly in chunks of weights.
 
 A conv output channel whose weights are all fixed to 0 is dead: the accounting removes it, so (as in
 ``self_compression``) its BatchNorm output is zeroed in training and its BatchNorm affine parameters are
@@ -47,6 +47,7 @@ from benchmarks.accounting.size import entropy
 from benchmarks.compressed import CompressedModel, LayerCode, export_layers, full_shapes
 from benchmarks.models import ModelSpec, topology
 from benchmarks.topology import weight_of
+import methods.wf_centres as wf_centres
 import methods.wf_cluster as wf_cluster
 from methods.base import ConfigError, Method, Phase
 from methods.registry import register
@@ -129,11 +130,11 @@ class WeightFixing(Method):
         self.fixed = torch.zeros(self.n, dtype=torch.bool, device=dev)  # flat, in ``names`` order
         self.value = torch.zeros(self.n, dtype=params[0].dtype, device=dev)
         with torch.no_grad():
-            self.k_max = wf_cluster.top_exponent(float(self._flat(params).abs().max()))
+            self.k_max = wf_centres.top_exponent(float(self._flat(params).abs().max()))
         self.round, self.order, self.fallback_fixed = 0, 0, 0
         self.unfixed = torch.arange(self.n, device=dev)
         self.round_start = torch.zeros(0, device=dev)
-        self.centres = wf_cluster.centres(0, self.delta_t, self.k_max, dev, self.value.dtype)
+        self.centres = wf_centres.centres(0, self.delta_t, self.k_max, dev, self.value.dtype)
         self.dead: dict[str, torch.Tensor | None] = {n.name: None for n in self.topo.nodes}
         for n in self.topo.nodes:
             if n.bn is not None:
@@ -205,7 +206,7 @@ class WeightFixing(Method):
         if self.config.reg_centres == "chosen" and len(chosen):
             self.centres = chosen
         else:
-            self.centres = wf_cluster.centres(self.order, self.delta_t, self.k_max, self.value.device, self.value.dtype)
+            self.centres = wf_centres.centres(self.order, self.delta_t, self.k_max, self.value.device, self.value.dtype)
 
     def _impose(self, params: Sequence[nn.Parameter]) -> None:
         for p, m, v in zip(params, self._views(self.fixed, params), self._views(self.value, params)):
@@ -225,7 +226,7 @@ class WeightFixing(Method):
         if self.config.lam == 0 or len(self.unfixed) == 0:
             return None
         w = self._flat(self._params(model))[self.unfixed]
-        reg = wf_cluster.softmin_distance(w, self.centres, self.config.tau)
+        reg = wf_centres.softmin_distance(w, self.centres, self.config.tau)
         alpha = torch.where(reg > 0, self.config.lam * task_loss / reg, torch.zeros_like(reg)).detach()
         return alpha * reg
 
@@ -250,7 +251,7 @@ class WeightFixing(Method):
                 "round": self.round, "share_fixed": float(self.fixed.sum()) / self.n,
                 "unique_fixed": int(torch.unique(vals).numel()), "entropy_fixed": entropy(vals),
                 "order": self.order, "delta_t": self.delta_t, "fallback_fixed": self.fallback_fixed,
-                "n_centres": len(wf_cluster.centre_values(self.order, self.delta_t, wf_cluster.K_MIN, self.k_max))}
+                "n_centres": len(wf_centres.centre_values(self.order, self.delta_t, wf_centres.K_MIN, self.k_max))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"fixed": self.fixed, "value": self.value, "round": self.round, "order": self.order,

@@ -15,6 +15,7 @@ from benchmarks.models import ModelSpec, build_model
 from benchmarks.train import TrainConfig, evaluate, train
 from conftest import randomize_bn
 from methods import ConfigError, Method, get_method
+from methods import wf_centres as wce
 from methods import wf_cluster as wc
 from methods.wf_cluster import SHARES
 
@@ -29,8 +30,8 @@ def signed(mags):
 
 def test_order0_centres_are_zero_and_signed_powers_of_two():
     for delta in (0.005, 0.05, 0.2):
-        assert list(wc.centre_values(0, delta)) == signed(POW2)
-    assert list(wc.centre_values(0, 0.05, k_max=1)) == signed(POW2 + [2.0])
+        assert list(wce.centre_values(0, delta)) == signed(POW2)
+    assert list(wce.centre_values(0, 0.05, k_max=1)) == signed(POW2 + [2.0])
 
 
 def test_order1_centres_hand_listed():
@@ -38,14 +39,14 @@ def test_order1_centres_hand_listed():
     # 1, 1.5, 2.25, 3.375, 5.06, 7.59, 11.4, 17.1, 25.6, 38.4, 57.7, 86.5, each to the log-nearest
     # 2^k (1 + 2^-i): 1, 1.5, 2.25, 3, 5, 8, 12, 17, 24, 40, 64, 80; plus the order-0 powers of two
     units = [1, 1.5, 2, 2.25, 3, 4, 5, 8, 12, 16, 17, 24, 32, 40, 64, 80, 128]
-    assert list(wc.centre_values(1, 0.2)) == signed([u / 128 for u in units])
+    assert list(wce.centre_values(1, 0.2)) == signed([u / 128 for u in units])
 
 
 def test_higher_orders_only_add_sums_of_at_most_order_plus_one_powers_of_two():
     for delta in (0.01, 0.05):
-        prev = set(wc.centre_values(0, delta))
+        prev = set(wce.centre_values(0, delta))
         for order in range(1, 5):
-            cur = wc.centre_values(order, delta)
+            cur = wce.centre_values(order, delta)
             assert prev <= set(cur) and len(cur) > len(prev)
             for v in cur:
                 if v:
@@ -101,9 +102,9 @@ def run_rounds(w, delta, max_order, selection="one_at_a_time"):
         assert start <= sel.order <= max(start, max_order)
         order = sel.order
         ws, vs = w[idx], sel.value
-        allowed = set(wc.centre_values(order, d))
+        allowed = set(wce.centre_values(order, d))
         assert all(v in allowed for v in vs.tolist())
-        assert torch.equal(vs == 0, ws.abs() < wc.GAMMA0)  # tiny weights, and only they, go to zero
+        assert torch.equal(vs == 0, ws.abs() < wce.GAMMA0)  # tiny weights, and only they, go to zero
         assert (vs * ws >= 0).all()
         ok = ~sel.fallback & (vs != 0)
         for c in torch.unique(vs[ok]):  # each centre's group of the round stays within delta_t on average
@@ -162,7 +163,7 @@ def test_selection_on_many_weights_prefers_populous_power_of_two_centres():
     value = run_rounds(w, 0.01, 3)
     assert torch.unique(value).numel() < 400
     first = wc.select_one_at_a_time(w, 15_000, 0.09, 0, 3)  # round 1 fits in order 0: only 0 and powers of two
-    assert first.order == 0 and set(torch.unique(first.value).tolist()) <= set(wc.centre_values(0, 0.09))
+    assert first.order == 0 and set(torch.unique(first.value).tolist()) <= set(wce.centre_values(0, 0.09))
 
 
 def test_order_rises_when_nothing_fits_and_fallback_meets_the_share():
@@ -179,7 +180,7 @@ def test_order_rises_when_nothing_fits_and_fallback_meets_the_share():
 # --- regulariser ---------------------------------------------------------------------------------------
 
 def reference_reg(w, c, tau):
-    d = (w[:, None] - c[None, :]).abs() / w.abs().clamp(min=wc.GAMMA0)[:, None]
+    d = (w[:, None] - c[None, :]).abs() / w.abs().clamp(min=wce.GAMMA0)[:, None]
     return (torch.softmax(-d / tau, dim=1) * d).sum(1)
 
 
@@ -187,13 +188,13 @@ def test_regulariser_value_and_gradient_match_autograd(monkeypatch):
     g = torch.Generator().manual_seed(1)
     w = torch.cat([torch.randn(300, generator=g, dtype=torch.float64) * 0.05,
                    torch.rand(20, generator=g, dtype=torch.float64) * 0.015 - 0.0075])  # some below gamma_0
-    c = wc.centres(1, 0.05, dtype=torch.float64)
+    c = wce.centres(1, 0.05, dtype=torch.float64)
     wr = w.clone().requires_grad_(True)
     ref = reference_reg(wr, c, 0.05)
     ref.mean().backward()
-    monkeypatch.setattr(wc, "REG_CHUNK_ELEMENTS", {"cpu": 7 * len(c)})  # several chunks
+    monkeypatch.setattr(wce, "REG_CHUNK_ELEMENTS", {"cpu": 7 * len(c)})  # several chunks
     wm = w.clone().requires_grad_(True)
-    loss = wc.softmin_distance(wm, c, 0.05)
+    loss = wce.softmin_distance(wm, c, 0.05)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(float(ref.mean().detach()), rel=1e-12)
     assert torch.allclose(wm.grad, wr.grad, rtol=1e-9, atol=1e-12)
@@ -294,7 +295,7 @@ def counted_entropy(values: list[float]) -> float:
 def test_after_last_round_every_weight_is_a_codebook_value(fixed_run):
     spec, data, model, wf, hist, _, float_acc = fixed_run
     assert wf.fixed.all() and torch.equal(flat_params(wf, model), wf.value)
-    allowed = set().union(*(wc.centre_values(wf.config.max_order, h["delta_t"], wc.K_MIN, wf.k_max) for h in hist))
+    allowed = set().union(*(wce.centre_values(wf.config.max_order, h["delta_t"], wce.K_MIN, wf.k_max) for h in hist))
     assert set(wf.value.tolist()) <= allowed
     cm = packing.from_bytes(packing.to_bytes(wf.export(model, spec)))
     rep = size_report(cm)
@@ -329,10 +330,10 @@ def test_authors_candidate_construction_hand_traced():
     """The authors' grid at delta = 0.3 from 2^-2: 0.25, 0.357, 0.510, 0.729 (next 1.04 is past 2^0). Order 0
     rounds each to its power of two nearest in log2 (0.25, 0.5, 0.5, 1); order 1 then adds the power of two
     nearest to what is left where that is >= 0.3 of the point: 0.357 → 0.5 − 0.125, 0.729 → 1 − 0.25."""
-    assert list(wc.authors_centre_values(0, 0.3, k_min=-2)) == signed([0.25, 0.5, 1.0])
-    assert list(wc.authors_centre_values(1, 0.3, k_min=-2)) == signed([0.25, 0.375, 0.5, 0.75])
-    grid = wc.CentreGrid(k_min=-2, construction="authors")
-    assert wc.centres(1, 0.3, grid=grid).tolist() == signed([0.25, 0.375, 0.5, 0.75])
+    assert list(wce.authors_centre_values(0, 0.3, k_min=-2)) == signed([0.25, 0.5, 1.0])
+    assert list(wce.authors_centre_values(1, 0.3, k_min=-2)) == signed([0.25, 0.375, 0.5, 0.75])
+    grid = wce.CentreGrid(k_min=-2, construction="authors")
+    assert wce.centres(1, 0.3, grid=grid).tolist() == signed([0.25, 0.375, 0.5, 0.75])
 
 
 def test_the_zero_threshold_follows_k_min():
@@ -341,5 +342,5 @@ def test_the_zero_threshold_follows_k_min():
     w = torch.tensor([0.005, 0.0051, 0.0049, 0.3])
     default = wc.select_one_at_a_time(w, 3, 0.5, 0, 3)
     assert sorted(default.value.tolist()) == [0.0, 0.0, 0.0]
-    fine = wc.select_one_at_a_time(w, 3, 0.5, 0, 3, grid=wc.CentreGrid(k_min=-12))
+    fine = wc.select_one_at_a_time(w, 3, 0.5, 0, 3, grid=wce.CentreGrid(k_min=-12))
     assert sorted(fine.value.tolist()) == [2.0 ** -8] * 3
