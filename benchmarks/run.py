@@ -1,7 +1,7 @@
 """Train every registered method over its parameter grid and write tables and figures.
 
     python run_all.py                       # preset `paper` on a GPU, `cpu` otherwise, into results/<preset>/
-    python run_all.py --preset smoke        # synthetic data, every method, in about 15 s
+    python run_all.py --preset smoke        # synthetic data, every method, in about 40 s
     python run_all.py --preset cpu --model resnet9x0.5 --out results/scale   # the cpu recipe at half width
     python run_all.py --methods float,self_compression --grid self_compression.gamma=0.01,0.1
     python run_all.py --describe self_compression   # its parameters, defaults and default grids

@@ -2,7 +2,7 @@
 # Issue 28's study: the `cpu` preset's recipe (float 14 epochs; every method fine-tunes it for 8; the 8-epoch
 # equal-budget control) at wider ResNet-9s, into results/scale/ (width 0.25 is results/cpu's grid). Resumable:
 # a rerun skips finished runs, so it can be stopped at any time and started again in a later session.
-#   bash experiments/scale.sh                  # every step, in the order below (seed 0 of each width first)
+#   bash experiments/scale.sh                  # every step, in the order below
 #   bash experiments/scale.sh half-s0 full-s0  # the named steps, in the order given
 #   PRECISION=fp32 bash experiments/scale.sh   # another arithmetic (another run id: a separate set of runs)
 # Steps, in order: half-s0 (width 0.5, seed 0), half-s12 (width 0.5, seeds 1, 2), full-s0 (width 1.0, seed 0;

@@ -12,7 +12,8 @@
 #   DEVICE=cpu bash scripts/gpu_check.sh   # a rehearsal: every step on the CPU with the timings cut to one
 #                                          # round, to check the script itself before a GPU's minutes are spent
 # Installs nothing when python3 already imports the project's dependencies (GPU images have torch, pandas,
-# matplotlib, tabulate, tqdm, filelock); otherwise it runs the README's `pip install -e .`.
+# matplotlib, tabulate, tqdm, filelock); otherwise it runs `pip install -e .`
+# (what the README's `make test` installs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}

@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "cpu" / "README.md",
+         ROOT / "results" / "scale" / "README.md",
          ROOT / "experiments" / "README.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -85,5 +86,5 @@ def test_the_plugin_code_shown_is_the_example_plugin():
     readme = [b for b in code_blocks(ROOT / "README.md") if "class MyMethod" in b]
     guide = [b for b in code_blocks(ROOT / "docs" / "plugins.md") if "class MyMethod" in b]
     assert readme == [body]
-    assert len(guide) == 1 and guide[0].removeprefix("# my_method/my_method/__init__.py\n") == example
+    assert len(guide) == 1 and guide[0].removeprefix("# examples/plugin/my_method/__init__.py\n") == example
     assert len([line for line in body.splitlines() if line.strip()]) <= 30  # the README's promise
