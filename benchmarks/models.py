@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from benchmarks.topology import OUTPUT_SPACE, Node, Topology, weight_of
+from benchmarks.topology import OUTPUT_SPACE, Node, Topology
 
 RESNET9_WIDTHS = (64, 128, 256, 512)
 
@@ -132,26 +132,3 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 def topology(model: nn.Module) -> Topology:
     return type(model).topology()
-
-
-def describe(model: nn.Module, image_size: int = 32) -> list[dict]:
-    """Weights and multiply-accumulates per compressible layer for one image (at its current widths)."""
-    modules = dict(model.named_modules())
-    outs: dict[str, tuple[int, ...]] = {}
-    hooks = [modules[n.name].register_forward_hook(lambda m, i, o, name=n.name: outs.__setitem__(name, o.shape))
-             for n in topology(model).nodes]
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters())
-    with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size, device=p.device))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    rows = []
-    for n in topology(model).nodes:
-        w = weight_of(modules[n.name])
-        spatial = outs[n.name][2] * outs[n.name][3] if n.kind == "conv" else 1
-        rows.append({"layer": n.name, "kind": n.kind, "shape": tuple(w.shape), "weights": w.numel(),
-                     "macs": w.numel() * spatial})
-    return rows

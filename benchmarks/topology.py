@@ -58,10 +58,6 @@ class Topology:
     def as_dict(self) -> list[dict]:
         return [n.__dict__.copy() for n in self.nodes]
 
-    @classmethod
-    def from_dict(cls, nodes: list[dict]) -> "Topology":
-        return cls(tuple(Node(**n) for n in nodes))
-
 
 def dead_space_channels(topo: Topology, dead_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per space, the channels that every producer has dead (``dead_out``: layer name -> bool per channel).

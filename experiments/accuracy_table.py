@@ -19,7 +19,7 @@ import pandas as pd
 
 from benchmarks.harness.rundir import missing_runs
 from benchmarks.report.runs import REFERENCES, curve_label, load
-from benchmarks.report.tables import _pm as plus_minus, summary
+from benchmarks.report.tables import plus_minus, summary
 
 
 

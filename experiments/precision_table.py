@@ -18,7 +18,7 @@ import sys
 import pandas as pd
 
 from benchmarks.report.runs import load
-from benchmarks.report.tables import _pm as plus_minus
+from benchmarks.report.tables import plus_minus
 from benchmarks.harness.rundir import missing_runs
 
 KEYS = ["method", "params", "model", "dataset", "data_fingerprint", "bn_batches", "seed"]

@@ -23,7 +23,7 @@ import pandas as pd
 from benchmarks.harness.presets import get_preset
 from benchmarks.report.paired import interpolate, verdict
 from benchmarks.report.runs import load
-from benchmarks.report.tables import _pm as plus_minus
+from benchmarks.report.tables import plus_minus
 from benchmarks.harness.rundir import missing_runs
 from methods import get_method
 

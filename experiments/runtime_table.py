@@ -22,7 +22,7 @@ import pandas as pd
 
 from benchmarks.harness.rundir import missing_runs
 from benchmarks.report.runs import REFERENCES, curve_label, load
-from benchmarks.report.tables import _pm as plus_minus
+from benchmarks.report.tables import plus_minus
 
 RUNTIMES = {"PyTorch": "speed.csv", "onnxruntime": "speed_onnxruntime.csv"}
 SPEEDS = {"infer_speedup": "batch 256", "latency_speedup_b1": "batch 1"}

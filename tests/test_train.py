@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from benchmarks.data import batches, make_synthetic
-from benchmarks.models import ModelSpec, build_model, describe
+from benchmarks.models import ModelSpec, build_model, topology
+from benchmarks.topology import weight_of
 from benchmarks.float_cache import float_model, state_digest
 from benchmarks.harness.calibration import reestimate_batchnorm
 from benchmarks.train import TrainConfig, evaluate, train
@@ -101,12 +102,13 @@ def test_float_model_cache_reuses_training(tmp_path, monkeypatch):
     assert state_digest(m2) != meta1["digest"]
 
 
-def test_describe_counts_weights_and_macs():
-    rows = describe(build_model(ModelSpec("tinycnn")))
-    assert rows[0] == {"layer": "conv1.0", "kind": "conv", "shape": (8, 3, 3, 3), "weights": 216,
-                       "macs": 216 * 32 * 32}
-    assert rows[-1]["weights"] == 16 * 16 * 10 and rows[-1]["macs"] == 2560
-    assert sum(r["weights"] for r in describe(build_model(ModelSpec("resnet9")))) == 6_568_640
+def test_compressible_weights_of_tinycnn_and_of_the_papers_resnet9():
+    def weights(model):
+        modules = dict(model.named_modules())
+        return [weight_of(modules[n.name]).numel() for n in topology(model).nodes]
+    tiny = weights(build_model(ModelSpec("tinycnn")))
+    assert tiny[0] == 8 * 3 * 3 * 3 and tiny[-1] == 16 * 16 * 10
+    assert sum(weights(build_model(ModelSpec("resnet9")))) == 6_568_640  # the paper's network
 
 
 def test_resume_keeps_a_checkpoint_whose_history_has_a_torn_line_after_its_epochs(tmp_path):

@@ -51,11 +51,6 @@ def _gather(bits: np.ndarray, start: int, widths: np.ndarray) -> np.ndarray:
     return out
 
 
-def unpack_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
-    """The inverse of ``pack_bits`` (trailing bits are ignored)."""
-    return BitReader(data, "bit stream").read(np.asarray(widths, np.int64))
-
-
 class BitReader:
     """Sequential reads of fixed-width fields from one stream; every read is checked against its length."""
 

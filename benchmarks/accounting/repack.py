@@ -26,8 +26,6 @@ from benchmarks.files import replacing, write_json
 from benchmarks.harness.rundir import finished, held, missing_runs, packed_digest
 from benchmarks.report.figures import build_all
 
-log = logging.getLogger(__name__)
-
 
 def repack(folder: Path) -> bool:
     """Rewrite one finished run's packed file in the current format; False when it already is."""

@@ -40,9 +40,8 @@ from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
 from benchmarks.report.paired import paired  # noqa: E402
 from benchmarks.report.runs import load as load_runs  # noqa: E402
+from benchmarks.report.tables import plus_minus  # noqa: E402
 from methods import get_method  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 THRESHOLDS = (1.0, 0.5)  # points under the equal-budget control
 #: the paper's headline: ResNet-9 (6,568,640 weights, the ``paper`` preset's net) at float accuracy
@@ -102,7 +101,7 @@ def summarise_readings(r: pd.DataFrame) -> dict:
     mean, std = r.value.mean(), r.value.std() if len(r) > 1 else math.nan
     bounds = set(r.bound) - {""}
     bound = ">" if ">" in bounds else "≤" if "≤" in bounds else ""
-    text = f"{bound}{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}") + f" ({len(r)})"
+    text = f"{bound}{plus_minus(mean, std, 2)} ({len(r)})"
     return {"mean": mean, "std": std, "seeds": len(r), "bound": bound, "text": text}
 
 
@@ -139,9 +138,8 @@ def matched_diffq(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def mean_std_text(values: pd.Series) -> str:
-    if values.empty:
-        return "—"
-    return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "") + f" ({len(values)})"
+    """Mean ± std (seeds) of ``values`` with their count, or a dash where there are none."""
+    return "—" if values.empty else f"{plus_minus(values.mean(), values.std(), 2)} ({len(values)})"
 
 
 def scale_figure(table: pd.DataFrame, folder: Path) -> None:

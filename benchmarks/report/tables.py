@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -10,8 +9,6 @@ import pandas as pd
 from benchmarks.files import replacing
 from benchmarks.report.paired import paired
 from benchmarks.report.runs import Runs
-
-log = logging.getLogger(__name__)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,22 +50,22 @@ def write_tables(runs: Runs, dest: str | Path | None = None) -> pd.DataFrame:
             "params": varying_params(part.params), "model": part.model, "epochs": part.epochs, "seeds": part.seeds,
             **({"BN batches": part.bn_batches} if s.bn_batches.nunique() > 1 else {}),
             **({"data": part.data_fingerprint} if s.data_fingerprint.nunique() > 1 else {}),
-            "accuracy %": [_pm(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
-            **({"before BN calibration %": ["—" if pd.isna(m) else _pm(m, v, 2) for m, v in
+            "accuracy %": [plus_minus(m, v, 2) for m, v in zip(part.accuracy_mean, part.accuracy_std)],
+            **({"before BN calibration %": ["—" if pd.isna(m) else plus_minus(m, v, 2) for m, v in
                                             zip(part.accuracy_before_calibration_mean,
                                                 part.accuracy_before_calibration_std)]}
                if part.accuracy_before_calibration_mean.notna().any() else {}),
-            **({"equal-budget control %": [_pm(m, v, 2) for m, v in zip(part.control_accuracy_mean,
+            **({"equal-budget control %": [plus_minus(m, v, 2) for m, v in zip(part.control_accuracy_mean,
                                                                           part.control_accuracy_std)],
-                "vs control (points)": [_pm(m, v, 2) for m, v in zip(part.vs_control_mean, part.vs_control_std)]}
+                "vs control (points)": [plus_minus(m, v, 2) for m, v in zip(part.vs_control_mean, part.vs_control_std)]}
                if part.control_accuracy_mean.notna().any() else {}),
             **({"budget epochs (float + own)": [f"{a:.0f} + {b:.0f}" for a, b in zip(part.float_epochs_mean,
                                                                                    part.method_epochs_mean)]}
                if part.method_epochs_mean.notna().all() else {}),
-            "bits remaining %": [_pm(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
-            "coded bits remaining %": ["—" if pd.isna(m) else _pm(m, v, 3)
+            "bits remaining %": [plus_minus(m, v, 3) for m, v in zip(part.bits_remaining_pct_mean, part.bits_remaining_pct_std)],
+            "coded bits remaining %": ["—" if pd.isna(m) else plus_minus(m, v, 3)
                                        for m, v in zip(part.coded_bits_pct_mean, part.coded_bits_pct_std)],
-            "weights remaining %": [_pm(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
+            "weights remaining %": [plus_minus(m, v, 2) for m, v in zip(part.weights_remaining_pct_mean,
                                                                   part.weights_remaining_pct_std)],
             "unique values": part.unique_values_mean.round(0).astype(int),
             "value entropy bits/weight (without 0)": [
@@ -155,7 +152,8 @@ def _cell(v: object, column: str) -> object:
     return "—" if v is None or v is pd.NA else v
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
+def plus_minus(mean: float, std: float, digits: int) -> str:
+    """"mean ± std" to ``digits`` decimals, the mean alone where there is no std (one seed): every table's cell."""
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

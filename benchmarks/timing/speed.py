@@ -35,7 +35,6 @@ from benchmarks.harness.rundir import finished, missing_runs
 from benchmarks.models import build_model
 from benchmarks.report.figures import build_all
 
-log = logging.getLogger(__name__)
 
 BATCHES = (1, 256)  # latency at batch 1, throughput at batch 256
 MIN_SECONDS = 0.5  # each timing repeats the forward pass until at least this long has passed
