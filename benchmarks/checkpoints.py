@@ -3,7 +3,6 @@ and read back only as plain data, so that an interrupted run resumes as if it ha
 disk can execute code."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.files import RunFileError, read_history, replacing
+from benchmarks.files import RunFileError, read_history, replacing, write_history
 from benchmarks.topology import fit_shapes_
 from methods.base import Method
 
@@ -84,7 +83,7 @@ def resume_history(history: Path, checkpoint: Path) -> tuple[list[dict], float]:
             if Path(checkpoint).is_file():
                 _discard(checkpoint, f"covers {done} epochs but {history.name} holds {len(records)} of them")
             records, elapsed = [], 0.0
-    history.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_history(history, records)
     return records, elapsed
 
 

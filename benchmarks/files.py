@@ -36,6 +36,18 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
+def write_history(path: Path, records: list[dict]) -> None:
+    """``history.jsonl`` holding exactly ``records``, one JSON object a line (what a resumed run starts from)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_history(path: Path, record: dict) -> None:
+    """One finished epoch's record, appended as its own line: a kill leaves at most a torn last line, which
+    ``read_history`` skips."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def read_history(path: Path, strict: bool = False, limit: int | None = None) -> list[dict]:
     """The per-epoch records of ``history.jsonl`` (the first ``limit`` of them, when given: lines after
     those are not read). A line that does not parse as a JSON object raises ``RunFileError`` when

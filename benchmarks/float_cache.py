@@ -17,7 +17,7 @@ from torch import nn
 
 from benchmarks.checkpoints import StaleCheckpoint, brief, resume_history
 from benchmarks.data import Dataset
-from benchmarks.files import replacing
+from benchmarks.files import append_history, replacing
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.train import TrainConfig, seed_everything, train
 from methods.base import Method
@@ -99,8 +99,7 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
 
         def on_epoch(record: dict) -> None:
             history.append(record)
-            with open(hist, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_history(hist, record)
 
         t0 = time.perf_counter()
         try:

@@ -29,7 +29,7 @@ from benchmarks.accounting.size import size_report
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.device import host, pick_device
 from benchmarks.harness.calibration import pack_and_score
-from benchmarks.files import write_json
+from benchmarks.files import append_history, write_history, write_json
 from benchmarks.harness import rundir
 from benchmarks.harness.rundir import RESULT_SCHEMA, finished, read_result
 from benchmarks.models import ModelSpec, build_model
@@ -195,7 +195,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
         model, meta = float_model(spec.model, data, spec.float_train, cache, progress)
         float_seconds, float_digest = meta["train_seconds"], meta["digest"]
         if not method.phases(spec.train.epochs):  # the float baseline: its history is the float training
-            (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in meta["history"]))
+            write_history(folder / "history.jsonl", meta["history"])
     else:
         seed_everything(spec.seed)
         model = build_model(spec.model).to(data.train.images.device)
@@ -209,8 +209,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
         rep = size_report(method.export(model, spec.model))  # measured by the harness, per epoch
         record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct,
                       unique_values=rep.unique_values, value_entropy_per_weight=rep.value_entropy_per_weight)
-        with open(folder / "history.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_history(folder / "history.jsonl", record)
 
     t0 = time.perf_counter()
     train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
