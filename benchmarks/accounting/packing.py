@@ -196,12 +196,18 @@ def _header(data: bytes, hlen: int, version: int, file_bytes: int):
     return check_header(header, version, file_bytes - 32 - _PRELUDE.size - hlen)
 
 
-def verify(data: bytes, source: str = "<bytes>") -> None:
-    """The reader's checks without decoding the streams: prelude, checksum, and the header against the
-    architecture and the file's length. ``PackedFileError`` (one line) when any fails."""
+def _checked_prelude(data: bytes, source: str) -> tuple[int, int]:
+    """(version, header length) of a whole packed file whose prelude and checksum are valid."""
     version, hlen = _prelude(data, len(data), source)
     if hashlib.sha256(data[:-32]).digest() != data[-32:]:
         raise PackedFileError(f"{source}: checksum mismatch: the file is truncated or altered; refusing to load it")
+    return version, hlen
+
+
+def verify(data: bytes, source: str = "<bytes>") -> None:
+    """The reader's checks without decoding the streams: prelude, checksum, and the header against the
+    architecture and the file's length. ``PackedFileError`` (one line) when any fails."""
+    version, hlen = _checked_prelude(data, source)
     try:
         _header(data, hlen, version, len(data))
     except PackedFileError as e:
@@ -210,9 +216,7 @@ def verify(data: bytes, source: str = "<bytes>") -> None:
 
 def read(data: bytes, source: str = "<bytes>") -> tuple[CompressedModel, FileLayout]:
     """The model and the measured layout of a packed file; anything invalid is one ``PackedFileError`` line."""
-    version, hlen = _prelude(data, len(data), source)
-    if hashlib.sha256(data[:-32]).digest() != data[-32:]:
-        raise PackedFileError(f"{source}: checksum mismatch: the file is truncated or altered; refusing to load it")
+    version, hlen = _checked_prelude(data, source)
     try:
         return _parse(data, hlen, version)
     except PackedFileError as e:
