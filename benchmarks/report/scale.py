@@ -101,8 +101,7 @@ def summarise_readings(r: pd.DataFrame) -> dict:
     mean, std = r.value.mean(), r.value.std() if len(r) > 1 else math.nan
     bounds = set(r.bound) - {""}
     bound = ">" if ">" in bounds else "≤" if "≤" in bounds else ""
-    text = f"{bound}{plus_minus(mean, std, 2)} ({len(r)})"
-    return {"mean": mean, "std": std, "seeds": len(r), "bound": bound, "text": text}
+    return {"mean": mean, "std": std, "seeds": len(r), "bound": bound, "text": bound + mean_std_text(r.value)}
 
 
 def scale_table(df: pd.DataFrame, method: str = "self_compression") -> pd.DataFrame:
