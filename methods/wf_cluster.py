@@ -5,20 +5,17 @@ regulariser are ``methods.wf_centres``).
 Everything here is vectorised over the weights and runs on their device. The selection never builds a
 weights × centres matrix (nearest centres come from ``bucketize`` on the midpoints between the sorted
 centres, group sizes from one sort and a segmented cumulative mean), so millions of weights cluster in
-seconds. ``python -m methods.wf_cluster`` runs the ten fixing rounds of each selection on random or stored
-weights, side by side.
+seconds. ``python experiments/wf_selection.py`` runs the ten fixing rounds of each selection on random or
+stored weights, side by side.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-import time
 from dataclasses import dataclass
 
 import torch
 
-from methods.wf_centres import CONSTRUCTIONS, DEFAULT_GRID, GAMMA0, K_MIN, CentreGrid, centres, top_exponent
+from methods.wf_centres import DEFAULT_GRID, GAMMA0, CentreGrid, centres
 
 log = logging.getLogger(__name__)
 
@@ -252,83 +249,3 @@ def select(selection: str, w: torch.Tensor, need: int, delta: float, order: int,
     every round again at order 0, the first version goes on from ``order``."""
     start = 0 if selection == "one_at_a_time" else order
     return SELECTIONS[selection](w, need, delta, start, max_order, k_max, grid)
-
-
-def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int = 3,
-                  schedule: str = "paper", grid: CentreGrid = DEFAULT_GRID) -> dict[str, float]:
-    """The ten fixing rounds of ``weight_fixing`` on the flat weights ``w`` without retraining: what the
-    selection alone does (time, fallback, distinct values, entropy, mean relative error of the fixed values)."""
-    from benchmarks.accounting.size import entropy
-
-    n, dev = w.numel(), w.device
-    k_max = top_exponent(float(w.abs().max()))  # as the method sets it
-    unfixed = torch.arange(n, device=dev)
-    value = torch.zeros_like(w)
-    order, fixed, seconds, fallback = 0, 0, 0.0, 0
-    for t, share in enumerate(SHARES, start=1):
-        d = delta_at(delta, t, len(SHARES), schedule)
-        need = round(share * n) - fixed
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        sel = select(selection, w[unfixed], need, d, order, max_order, k_max, grid)
-        value[unfixed[sel.index]] = sel.value
-        keep = torch.ones(len(unfixed), dtype=torch.bool, device=dev)
-        keep[sel.index] = False
-        unfixed = unfixed[keep]
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        order, fixed, fallback = sel.order, fixed + need, fallback + int(sel.fallback.sum())
-        log.debug("round %d: fixed %d (%.2f%%) at delta_t=%.4g; order %d, %d by fallback",
-                  t, need, 100 * share, d, order, int(sel.fallback.sum()))
-    big = value != 0
-    rel = ((w[big] - value[big]).abs() / w[big].abs()).double().mean() if bool(big.any()) else torch.zeros(())
-    return {"seconds": seconds, "fallback": fallback, "unique_values": int(torch.unique(value).numel()),
-            "entropy_bits": entropy(value), "zero_pct": 100.0 * float((~big).float().mean()),
-            "mean_rel_error": float(rel)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m methods.wf_cluster``: the selections side by side on random or stored weights."""
-    import pandas as pd
-
-    from benchmarks.accounting import packing
-    from benchmarks.compressed import decode_layer
-
-    ap = argparse.ArgumentParser(prog="python -m methods.wf_cluster",
-                                 description="The ten fixing rounds of weight fixing without retraining, per "
-                                             "selection: time, fallback, distinct values, entropy, relative error.")
-    ap.add_argument("--packed", help="cluster the weights of this model.packed (e.g. a float run's); "
-                                     "default: --n random N(0, 0.02) weights")
-    ap.add_argument("--n", type=int, default=6_500_000)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--delta", type=float, nargs="+", default=[0.01])
-    ap.add_argument("--selection", choices=list(SELECTIONS), nargs="+", default=list(SELECTIONS))
-    ap.add_argument("--k-min", type=int, nargs="+", default=[K_MIN],
-                    help=f"zero threshold and smallest leading power 2^k_min of the centres (default {K_MIN}; "
-                         "the authors' CIFAR scripts: -12)")
-    ap.add_argument("--construction", choices=list(CONSTRUCTIONS), nargs="+", default=["nearest"],
-                    help="candidate centres: this suite's (nearest) or the authors' greedy construction")
-    a = ap.parse_args(argv)
-    if a.packed:
-        try:
-            cm, _ = packing.read_file(a.packed)
-        except (OSError, packing.PackedFileError) as e:
-            print(f"error: cannot read {a.packed}: {e}", file=sys.stderr)
-            return 2
-        w = torch.cat([decode_layer(layer, cm.codebook).reshape(-1) for layer in cm.layers]).float()
-    else:
-        w = torch.randn(a.n, generator=torch.Generator().manual_seed(0)) * 0.02
-    w = w.to(a.device)
-    rows = [{"delta": d, "selection": s, "k_min": k, "construction": c,
-             **fixing_rounds(w, d, s, grid=CentreGrid(k, c))}
-            for d in a.delta for s in a.selection for k in a.k_min for c in a.construction]
-    print(f"{w.numel()} weights ({a.packed or 'random N(0, 0.02)'}), on {a.device}")
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    sys.exit(main())

@@ -13,7 +13,7 @@ from benchmarks.compressed import to_module
 from benchmarks.data import make_synthetic
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.train import TrainConfig, evaluate, train
-from conftest import randomize_bn
+from conftest import load_experiment, randomize_bn
 from methods import ConfigError, Method, get_method
 from methods import wf_centres as wce
 from methods import wf_cluster as wc
@@ -316,13 +316,14 @@ def test_after_last_round_every_weight_is_a_codebook_value(fixed_run):
     assert acc == pytest.approx(hist[-1]["test_acc"]) and acc > 30.0 and acc > float_acc - 15.0  # chance: 10%
 
 
-def test_cluster_cli_compares_the_selections(tmp_path, capsys):
-    assert wc.main(["--n", "3000", "--delta", "0.02"]) == 0
+def test_selection_study_compares_the_selections(tmp_path, capsys):
+    main = load_experiment("wf_selection").main
+    assert main(["--n", "3000", "--delta", "0.02", "--schedule", "paper", "9to1"]) == 0
     table = capsys.readouterr().out
-    assert "one_at_a_time" in table and "by_capacity" in table
+    assert "one_at_a_time" in table and "by_capacity" in table and "9to1" in table
     bad = tmp_path / "model.packed"
     bad.write_bytes(b"not a packed file")
-    assert wc.main(["--packed", str(bad)]) == 2
+    assert main(["--packed", str(bad)]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 
