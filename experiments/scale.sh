@@ -6,8 +6,10 @@
 #   bash experiments/scale.sh half-s0 full-s0  # the named steps, in the order given
 #   PRECISION=fp32 bash experiments/scale.sh   # another arithmetic (another run id: a separate set of runs)
 # Steps, in order: half-s0 (width 0.5, seed 0), half-s12 (width 0.5, seeds 1, 2), full-s0 (width 1.0, seed 0;
-# on a GPU run it first). FULL_GAMMAS sets width 1.0's points: the γ that lands near 3% of the bits and the
-# near-lossless one, as the width-0.5 curve places them, then 0.003 (default 0.1,0.01,0.003).
+# on a GPU run it first), full-s1 and full-s2 (width 1.0, seeds 1 and 2: a step each, so that one seed's curve
+# lands whole before the next float model starts). FULL_GAMMAS sets width 1.0's points: the γ that lands near
+# 3% of the bits and the near-lossless one, as the width-0.5 curve places them, then 0.003 (default
+# 0.1,0.01,0.003).
 # bf16 by default: on a host with native bf16 it trained the `cpu` net as accurately as fp32
 # (experiments/precision_table.py); on an AVX2-only host it is emulated and useless, so run there only with
 # PRECISION=fp32, which starts a separate set of runs. After each step the reports are rebuilt:
@@ -38,6 +40,8 @@ FULL="--methods float,self_compression,float_control --grid float_control.like=s
 step half-s0  --model resnet9x0.5 --seeds 0 $HALF
 step half-s12 --model resnet9x0.5 --seeds 1,2 $HALF
 step full-s0  --model resnet9x1.0 --seeds 0 $FULL
+step full-s1  --model resnet9x1.0 --seeds 1 $FULL
+step full-s2  --model resnet9x1.0 --seeds 2 $FULL
 
 for name in "${@:-${ORDER[@]}}"; do
   [[ -n "${STEP[$name]+x}" ]] || { echo "unknown step $name; known: ${ORDER[*]}" >&2; exit 2; }
