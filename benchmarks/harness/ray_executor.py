@@ -13,6 +13,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from benchmarks.checkpoints import brief
 from benchmarks.harness.executors import ClusterOptions, NotVisible, OutputNotVisible, RunTask, finished
 from benchmarks.harness.runner import RunSpec, record_failure
 from methods import ConfigError
@@ -62,8 +63,7 @@ def _connect(address: str | None) -> bool:
     try:
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"could not join the Ray cluster at {address} ({reason}); check --ray-address") from None
+        raise ConfigError(f"could not join the Ray cluster at {address} ({brief(e)}); check --ray-address") from None
     return True
 
 
@@ -114,10 +114,9 @@ def _outcome(ref: ray.ObjectRef, spec: RunSpec, opts: ClusterOptions, task: RunT
         result = ray.get(ref)
     except RayError as e:
         cause = e.cause if isinstance(e, RayTaskError) and e.cause is not None else e
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         return finished(spec, task.out) or record_failure(
-            spec, task.out, f"its Ray task failed after {opts.ray_max_retries} retries ({type(cause).__name__}: "
-                            f"{reason}); rerun to resume it from its last epoch")
+            spec, task.out, f"its Ray task failed after {opts.ray_max_retries} retries ({brief(cause)}); rerun "
+                            f"to resume it from its last epoch")
     if isinstance(result, NotVisible):
         raise OutputNotVisible(task.out, result.node)
     return result
