@@ -82,7 +82,7 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
-def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None, progress: bool = True,
+def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
             min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
     """Time every finished run of ``out`` against its float net; one row per (run, device)."""
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -106,7 +106,7 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
             if device.type == "cpu":
                 xs = {b: x.contiguous(memory_format=torch.channels_last) for b, x in xs.items()}
             for i in tqdm(range(repeats), desc=f"speed {arch.name}x{arch.width:g} {dev_name}",
-                          disable=None if progress else True):
+                          disable=None):
                 for r, m in mine:  # interleaved, the float net right before or after each run, by turns
                     for b in BATCHES:
                         pair = [("float", ref), (r["run_id"], m)]
@@ -121,7 +121,8 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
                              "latency_ms_b1": 1e3 * t1, "float_latency_ms_b1": 1e3 * f1,
                              "throughput_b256": 256 / t256, "float_throughput_b256": 256 / f256,
                              "infer_speedup": f256 / t256, "latency_speedup_b1": f1 / t1,
-                             "repeats": repeats, "seconds_per_timing": min_seconds, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "repeats": repeats, "seconds_per_timing": min_seconds,
+                             "threads": torch.get_num_threads(), "torch": torch.__version__,
                              **_where(device), "measured": datetime.date.today().isoformat()})
     return pd.DataFrame(rows)
 
@@ -145,8 +146,7 @@ def _ort_seconds(session, x: np.ndarray, min_seconds: float) -> float:
             return elapsed / n
 
 
-def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True,
-                        min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
+def measure_onnxruntime(out: str | Path, repeats: int = 5, min_seconds: float = MIN_SECONDS) -> pd.DataFrame:
     """Time every finished run's ``model.onnx`` (``benchmarks.export``) against the float run's, in
     onnxruntime's CPU provider with its default optimizations (what a deployment gets), and in its CUDA
     provider too where onnxruntime has one (onnxruntime-gpu), interleaved as ``measure`` does; one row per
@@ -164,12 +164,11 @@ def measure_onnxruntime(out: str | Path, repeats: int = 5, progress: bool = True
     if not any(r["spec"]["method"] == "float" for r, _ in runs):
         raise ValueError(f"{out} has no finished float run to time against; run its float point first")
     devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else [])
-    return pd.concat([_onnxruntime_rows(runs, repeats, progress, min_seconds, device) for device in devices],
+    return pd.concat([_onnxruntime_rows(runs, repeats, min_seconds, device) for device in devices],
                      ignore_index=True)
 
 
-def _onnxruntime_rows(found: list[tuple[dict, bytes]], repeats: int, progress: bool, min_seconds: float,
-                      device: str) -> pd.DataFrame:
+def _onnxruntime_rows(found: list[tuple[dict, bytes]], repeats: int, min_seconds: float, device: str) -> pd.DataFrame:
     """``measure_onnxruntime``'s rows for one provider: ``found`` holds each finished run's result and ONNX file."""
     import onnxruntime
 
@@ -179,7 +178,7 @@ def _onnxruntime_rows(found: list[tuple[dict, bytes]], repeats: int, progress: b
     ref = next(s for r, s in runs if r["spec"]["method"] == "float")
     xs = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in BATCHES}
     times = {(r["run_id"], b): [] for r, _ in runs for b in BATCHES} | {("float", b): [] for b in BATCHES}
-    for i in tqdm(range(repeats), desc=f"speed onnxruntime {device}", disable=None if progress else True):
+    for i in tqdm(range(repeats), desc=f"speed onnxruntime {device}", disable=None):
         for r, sess in runs:
             for b in BATCHES:
                 pair = [("float", ref), (r["run_id"], sess)]
