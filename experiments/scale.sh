@@ -6,8 +6,9 @@
 #   bash experiments/scale.sh half-s0 full-s0  # the named steps, in the order given
 #   PRECISION=fp32 bash experiments/scale.sh   # another arithmetic (another run id: a separate set of runs)
 # Steps, in order: half-s0 (width 0.5, seed 0), half-s12 (width 0.5, seeds 1, 2), full-s0 (width 1.0, seed 0;
-# on a GPU run it first), full-s1 and full-s2 (width 1.0, seeds 1 and 2: a step each, so that one seed's curve
-# lands whole before the next float model starts). FULL_GAMMAS sets width 1.0's points: the γ that lands near
+# on a GPU run it first), full-dq0 (DiffQ at width 1.0, seed 0, for the matched-bits comparison at each
+# width), full-s1 and full-s2 (width 1.0, seeds 1 and 2: a step each, so that one seed's curve lands whole
+# before the next float model starts). FULL_GAMMAS sets width 1.0's points: the γ that lands near
 # 3% of the bits and the near-lossless one, as the width-0.5 curve places them, then 0.003 (default
 # 0.1,0.01,0.003).
 # bf16 by default: on a host with native bf16 it trained the `cpu` net as accurately as fp32
@@ -40,6 +41,11 @@ FULL="--methods float,self_compression,float_control --grid float_control.like=s
 step half-s0  --model resnet9x0.5 --seeds 0 $HALF
 step half-s12 --model resnet9x0.5 --seeds 1,2 $HALF
 step full-s0  --model resnet9x1.0 --seeds 0 $FULL
+# DiffQ's bits hardly move with width at a given λ (λ = 0.3: 7.03% at width 0.25, 7.45% at 0.5; λ = 0.03:
+# 11.6%, 11.8%), and width 1.0's self-compression curve spans 1.9-10.6% of the bits, so λ = 0.3 and 0.1 (8.5% at
+# width 0.25) land inside it, where it can be read at DiffQ's bits; λ = 0.03 would land past its end
+FULL_DQ="--methods float,float_control,diffq --grid float_control.like=self_compression --grid diffq.lam=0.3,0.1"
+step full-dq0 --model resnet9x1.0 --seeds 0 $FULL_DQ
 step full-s1  --model resnet9x1.0 --seeds 1 $FULL
 step full-s2  --model resnet9x1.0 --seeds 2 $FULL
 
