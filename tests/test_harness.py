@@ -250,6 +250,21 @@ def test_near_float_picks_the_smallest_sizes_within_one_point_of_the_control():
     assert (half.loc["m", "fewest bits %"], half.loc["m", "within (points)"]) == (10.0, 0.5)
 
 
+def test_near_float_shows_the_reference_of_the_point_it_picked():
+    """Points trained on different seeds have different controls (here 91.2 and 90.9): each point is held to
+    its own, and the reference shown is the picked point's, not a mean over points."""
+    from benchmarks.report.tables import near_float
+
+    s = pd.DataFrame({"method": ["float", "c", "c"], "model": "n", "dataset": "d", "data_fingerprint": "f",
+                      "precision": "fp32", "bn_batches": 0, "accuracy_mean": [90.8, 90.3, 90.6],
+                      "bits_remaining_pct_mean": [100.0, 6.0, 10.0], "weights_remaining_pct_mean": [100.0, 45.0, 65.0],
+                      "control_accuracy_mean": [None, 91.2, 90.9]})
+    s["series"] = s.method
+    one, half = (near_float(s, p).set_index("method").loc["c"] for p in (1.0, 0.5))
+    assert (one["fewest bits %"], one["reference accuracy %"]) == (6.0, 91.2)
+    assert (half["fewest bits %"], half["reference accuracy %"]) == (10.0, 90.9)
+
+
 def test_matched_bits_interpolation_against_a_hand_example():
     """a at bits 2, 4, 8 (acc 80, 84, 88), b at 4, 16 (82, 90): in the shared range [4, 8], b at 8 bits is
     halfway in log2 between 4 and 16, so 86; a − b = 2 at both matched sizes."""
