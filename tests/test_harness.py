@@ -289,6 +289,17 @@ def test_matched_bits_interpolation_against_a_hand_example():
     assert verdict("a", "b", -2, 0.1, 2) == "no verdict (2 seeds)"  # a clear gap, but two seeds claim nothing
 
 
+def test_a_one_seed_matched_point_prints_a_dash_for_its_std():
+    from benchmarks.report.paired import markdown, paired
+
+    df = pd.DataFrame([("a", "a2", 0, 2, 80.0), ("a", "a8", 0, 8, 88.0), ("b", "b4", 0, 4, 83.0)],
+                      columns=["method", "params", "seed", "bits_remaining_pct", "accuracy"])
+    df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    df["series"] = df.method
+    cells = [c.strip() for c in markdown(paired(df)).splitlines()[-1].strip("|").split("|")]
+    assert cells[6:9] == ["1.00", "—", "1"]  # a − b (a reads 84 at 4 bits on its curve), no std, one seed
+
+
 def test_matched_sizes_are_also_compared_against_each_methods_own_control():
     """The hand example above, with b trained on a larger budget: its control scores 91 where a's scores 88.
     At matched sizes a − b is 2 as before, but against their controls (a − 88) − (b − 91) = 5; the same

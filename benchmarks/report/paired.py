@@ -77,6 +77,11 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown(pairs: pd.DataFrame) -> str:
+    """``paired``'s table as markdown, two decimals, a dash where one seed leaves no std (not "nan")."""
+    return pairs.astype(object).where(pairs.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="—")
+
+
 def _differences(by_seed: dict, seeds: list, size: str, at: pd.Series, value: str) -> np.ndarray:
     """Per seed, curve ``a``'s ``value`` minus curve ``b``'s at that seed's matched size; seeds where either
     curve does not reach it, or a run has no ``value``, are left out."""

@@ -38,7 +38,7 @@ import pandas as pd  # noqa: E402
 from benchmarks.files import replacing  # noqa: E402
 from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
-from benchmarks.report.paired import paired  # noqa: E402
+from benchmarks.report.paired import markdown, paired  # noqa: E402
 from benchmarks.report.runs import load as load_runs  # noqa: E402
 from benchmarks.report.tables import plus_minus  # noqa: E402
 from methods import get_method  # noqa: E402
@@ -205,7 +205,7 @@ def write_scale(folders: list[Path], dest: Path) -> pd.DataFrame:
         lines += ["## DiffQ against self-compression at matched bits, per network", "",
                   "Each method's accuracy read off its own curve at the grid points of either inside the range "
                   "both cover (`benchmarks.report.paired`); `a − b` seed by seed.", "",
-                  pairs.to_markdown(index=False, floatfmt=".2f"), ""]
+                  markdown(pairs), ""]
     with replacing(dest / "scale.md") as tmp:
         tmp.write_text("\n".join(lines))
     return table

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.files import replacing
-from benchmarks.report.paired import paired
+from benchmarks.report.paired import markdown, paired
 from benchmarks.report.runs import Runs
 
 
@@ -104,7 +104,7 @@ def write_tables(runs: Runs, dest: str | Path | None = None) -> pd.DataFrame:
                   "tie; under three seeds there is no verdict. `a − b against controls` is the same for each run's "
                   "accuracy minus its equal-budget control's, as mean ± std (seeds): verdict; it differs from `a − b` "
                   "where the two methods trained with different budgets. Rebuilt by `python -m benchmarks.report.figures`.", "",
-                  pairs.to_markdown(index=False, floatfmt=".2f"), ""]
+                  markdown(pairs), ""]
     failed = df[df.status != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", "", failed[["run_id", "method", "params", "seed", "error"]].to_markdown(index=False), ""]
