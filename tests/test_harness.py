@@ -300,6 +300,24 @@ def test_a_one_seed_matched_point_prints_a_dash_for_its_std():
     assert cells[6:9] == ["1.00", "—", "1"]  # a − b (a reads 84 at 4 bits on its curve), no std, one seed
 
 
+def test_matched_accuracies_are_read_over_the_seeds_compared_so_the_columns_subtract():
+    """a has seeds 0 and 1 (seed 1 two points higher); b's grid point at 4 bits has seed 0 only, so that row
+    compares seed 0 alone: a reads 84 there (not the two seeds' 85) and the columns subtract to a − b. b's
+    seed-0 curve starts at 4 bits and its seed-1 curve ends at 1.5, so at a's 2 bits no seed's two curves
+    both reach: that size gets no row."""
+    from benchmarks.report.paired import paired
+
+    rows = [("a", f"a{bits}", seed, bits, acc + 2 * seed) for seed in (0, 1) for bits, acc in ((2, 80), (8, 88))]
+    rows += [("b", "b4", 0, 4, 83.0), ("b", "b16", 0, 16, 90.0), ("b", "b1", 1, 1, 70.0), ("b", "b1.5", 1, 1.5, 75.0)]
+    df = pd.DataFrame(rows, columns=["method", "params", "seed", "bits_remaining_pct", "accuracy"])
+    df["status"], df["model"], df["data_fingerprint"] = "ok", "n", "f"
+    df["series"] = df.method
+    p = paired(df).set_index("bits remaining %")
+    assert list(p.index) == [4, 8] and list(p.seeds) == [1, 1]
+    assert (p.loc[4, "accuracy a %"], p.loc[4, "accuracy b %"]) == pytest.approx((84, 83))
+    assert (p["accuracy a %"] - p["accuracy b %"]).to_numpy() == pytest.approx(p["a − b (points)"].to_numpy())
+
+
 def test_matched_sizes_are_also_compared_against_each_methods_own_control():
     """The hand example above, with b trained on a larger budget: its control scores 91 where a's scores 88.
     At matched sizes a − b is 2 as before, but against their controls (a − 88) − (b − 91) = 5; the same

@@ -33,10 +33,11 @@ SIZE_LABELS = {"bits_remaining_pct": "bits remaining %", "coded_bits_pct": "code
 
 
 def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
-    """One row per (net and data, pair of methods, matched ``size``): both accuracies on the mean curves, the
-    seed-wise difference (first method minus second) and, where both methods' runs have equal-budget controls
-    (a ``vs_control`` column), the same difference against those controls. ``df`` is ``runs.load``'s run
-    table."""
+    """One row per (net and data, pair of methods, matched ``size``): the seed-wise difference (first method
+    minus second) with both accuracies averaged over the same seeds, so that the row's columns subtract (a
+    mean curve over every seed of each method would not, where their seeds differ), and, where both methods'
+    runs have equal-budget controls (a ``vs_control`` column), the same difference against those controls. A
+    size at which no seed's two curves both reach is left out. ``df`` is ``runs.load``'s run table."""
     controlled = "vs_control" in df
     ok = df[(df.status == "ok") & ~df.method.isin(["float", "float_control"])].dropna(subset=[size, "accuracy"])
     rows = []
@@ -58,18 +59,21 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
             levels = sorted(points)
             if not levels:
                 continue
-            acc_a = interpolate(mean_a[size], mean_a.accuracy, levels)
-            acc_b = interpolate(mean_b[size], mean_b.accuracy, levels)
             by_seed = {s: (A[A.seed == s], B[B.seed == s]) for s in sorted(set(A.seed) & set(B.seed))}
-            for i, x in enumerate(levels):
+            for x in levels:
                 seeds = [s for s in by_seed if s in points[x].index]
-                d = _differences(by_seed, seeds, size, points[x], "accuracy")
+                reads = _reads(by_seed, seeds, size, points[x], "accuracy")
+                if not len(reads):
+                    continue
+                d = reads[:, 0] - reads[:, 1]
                 mean, std = _mean_std(d)
                 row = {"model": model, "method a": a, "method b": b, SIZE_LABELS.get(size, size): x,
-                       "accuracy a %": acc_a[i], "accuracy b %": acc_b[i], "a − b (points)": mean,
-                       "std": std, "seeds": len(d), "verdict": verdict(a, b, mean, std, len(d))}
+                       "accuracy a %": reads[:, 0].mean(), "accuracy b %": reads[:, 1].mean(),
+                       "a − b (points)": mean, "std": std, "seeds": len(d),
+                       "verdict": verdict(a, b, mean, std, len(d))}
                 if controlled:
-                    dc = _differences(by_seed, seeds, size, points[x], "vs_control")
+                    vs = _reads(by_seed, seeds, size, points[x], "vs_control")
+                    dc = vs[:, 0] - vs[:, 1]
                     mc, sc = _mean_std(dc)
                     row["a − b against controls"] = "—" if not len(dc) else (
                         f"{mc:.2f}" if len(dc) < 2 else f"{mc:.2f} ± {sc:.2f} ({len(dc)}): {verdict(a, b, mc, sc, len(dc))}")
@@ -82,23 +86,23 @@ def markdown(pairs: pd.DataFrame) -> str:
     return pairs.astype(object).where(pairs.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="—")
 
 
-def _differences(by_seed: dict, seeds: list, size: str, at: pd.Series, value: str) -> np.ndarray:
-    """Per seed, curve ``a``'s ``value`` minus curve ``b``'s at that seed's matched size; seeds where either
-    curve does not reach it, or a run has no ``value``, are left out."""
-    d = np.array([_seed_difference(*by_seed[s], size, at[s], value) for s in seeds], dtype=float)
-    return d[np.isfinite(d)]
+def _reads(by_seed: dict, seeds: list, size: str, at: pd.Series, value: str) -> np.ndarray:
+    """Per seed, ``(a, b)``: curve ``a``'s and curve ``b``'s ``value`` at that seed's matched size, one row per
+    seed; seeds where either curve does not reach it, or a run has no ``value``, are left out."""
+    reads = np.array([_seed_reads(*by_seed[s], size, at[s], value) for s in seeds], dtype=float).reshape(-1, 2)
+    return reads[np.isfinite(reads).all(axis=1)]
 
 
 def _mean_std(d: np.ndarray) -> tuple[float, float]:
     return (float(d.mean()) if len(d) else math.nan), (float(d.std(ddof=1)) if len(d) > 1 else math.nan)
 
 
-def _seed_difference(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float, value: str) -> float:
-    """One seed's ``value`` of curve ``a`` minus curve ``b`` at the size ``at`` (NaN outside either)."""
+def _seed_reads(a: pd.DataFrame, b: pd.DataFrame, size: str, at: float, value: str) -> tuple[float, float]:
+    """One seed's ``value`` on curve ``a`` and on curve ``b`` at the size ``at`` (NaN outside either)."""
     a, b = a.dropna(subset=[value]), b.dropna(subset=[value])
     if a.empty or b.empty:
-        return math.nan
-    return float(interpolate(a[size], a[value], [at])[0] - interpolate(b[size], b[value], [at])[0])
+        return math.nan, math.nan
+    return float(interpolate(a[size], a[value], [at])[0]), float(interpolate(b[size], b[value], [at])[0])
 
 
 def verdict(a: str, b: str, mean: float, std: float, n: int) -> str:

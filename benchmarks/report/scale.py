@@ -203,8 +203,9 @@ def write_scale(folders: list[Path], dest: Path) -> pd.DataFrame:
     pairs = matched_diffq(df)
     if not pairs.empty:
         lines += ["## DiffQ against self-compression at matched bits, per network", "",
-                  "Each method's accuracy read off its own curve at the grid points of either inside the range "
-                  "both cover (`benchmarks.report.paired`); `a − b` seed by seed.", "",
+                  "Each seed's curve of each method read at the grid points of either inside the range both "
+                  "cover (`benchmarks.report.paired`); both accuracies and `a − b`, taken seed by seed, are means "
+                  "over the seeds both have there.", "",
                   markdown(pairs), ""]
     with replacing(dest / "scale.md") as tmp:
         tmp.write_text("\n".join(lines))

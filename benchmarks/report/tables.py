@@ -98,9 +98,9 @@ def write_tables(runs: Runs, dest: str | Path | None = None) -> pd.DataFrame:
         if pairs.empty:
             continue
         lines += [f"## Methods at matched {label}", "",
-                  f"Each method's accuracy read off its own curve (linear in log {label}, never extrapolated) at the "
-                  "grid points of either method inside the range both cover; `a − b` is taken seed by seed and given "
-                  "as mean and std over the seeds both have. A difference within two standard errors of zero is a "
+                  f"Each seed's curve of each method (linear in log {label}, never extrapolated) read at the grid "
+                  "points of either method inside the range both cover; both accuracies and `a − b`, taken seed by "
+                  "seed, are means over the seeds both have there (std of `a − b`). A difference within two standard errors of zero is a "
                   "tie; under three seeds there is no verdict. `a − b against controls` is the same for each run's "
                   "accuracy minus its equal-budget control's, as mean ± std (seeds): verdict; it differs from `a − b` "
                   "where the two methods trained with different budgets. Rebuilt by `python -m benchmarks.report.figures`.", "",
