@@ -100,8 +100,8 @@ def write_tables(runs: Runs, dest: str | Path | None = None) -> pd.DataFrame:
         lines += [f"## Methods at matched {label}", "",
                   f"Each seed's curve of each method (linear in log {label}, never extrapolated) read at the grid "
                   "points of either method inside the range both cover; both accuracies and `a − b`, taken seed by "
-                  "seed, are means over the seeds both have there (std of `a − b`). A difference within two standard errors of zero is a "
-                  "tie; under three seeds there is no verdict. `a − b against controls` is the same for each run's "
+                  "seed, are means over the seeds both have there (std of `a − b`). A difference within two "
+                  "standard errors of zero is a tie; under three seeds there is no verdict. `a − b against controls` is the same for each run's "
                   "accuracy minus its equal-budget control's, as mean ± std (seeds): verdict; it differs from `a − b` "
                   "where the two methods trained with different budgets. Rebuilt by `python -m benchmarks.report.figures`.", "",
                   markdown(pairs), ""]
