@@ -44,23 +44,18 @@ def paired(df: pd.DataFrame, size: str = "bits_remaining_pct") -> pd.DataFrame:
     for (model, _), part in ok.groupby(["model", "data_fingerprint"], dropna=False):
         for a, b in itertools.combinations(sorted(part.series.unique()), 2):  # a method, or one of its variants
             A, B = part[part.series == a], part[part.series == b]
-            mean_a = A.groupby("params")[[size, "accuracy"]].mean()
-            mean_b = B.groupby("params")[[size, "accuracy"]].mean()
-            lo = max(mean_a[size].min(), mean_b[size].min())
-            hi = min(mean_a[size].max(), mean_b[size].max())
+            size_a, size_b = A.groupby("params")[size].mean(), B.groupby("params")[size].mean()
+            lo, hi = max(size_a.min(), size_b.min()), min(size_a.max(), size_b.max())
             # each matched size is a grid point of either method (the first at a size both share); a seed
             # is compared at that point's size in that seed, so that a one-point variant pairs with each
             # seed's curve of the other method even where its seeds' sizes differ from their mean
             points = {}
-            for runs, mean in ((A, mean_a), (B, mean_b)):
-                for params, x in mean[size].items():
+            for runs, sizes in ((A, size_a), (B, size_b)):
+                for params, x in sizes.items():
                     if lo <= x <= hi and x not in points:
                         points[x] = runs[runs.params == params].groupby("seed")[size].mean()
-            levels = sorted(points)
-            if not levels:
-                continue
             by_seed = {s: (A[A.seed == s], B[B.seed == s]) for s in sorted(set(A.seed) & set(B.seed))}
-            for x in levels:
+            for x in sorted(points):
                 seeds = [s for s in by_seed if s in points[x].index]
                 reads = _reads(by_seed, seeds, size, points[x], "accuracy")
                 if not len(reads):
