@@ -12,16 +12,19 @@ from benchmarks.harness.rundir import RESULT_SCHEMA, read_result, run_lock
 from benchmarks.report.runs import load
 
 ROOT = Path(__file__).resolve().parents[1]
-#: committed runs written in packed format v1 (their size report had the v1 names before schema 3)
+#: committed runs written in packed format v1 (their size report had the v1 names before schemas 3 and 4)
 V1_RUNS = sorted(p.parent for p in ROOT.glob("results/*/runs/*/result.json")
                  if "pooled_code_entropy_bits" in json.loads(p.read_text()).get("size", {}))
 
 
 def _as_schema_1(record: dict) -> dict:
-    """A current record written back in the layout of before schema 2 (no schema, no checksum, v1 names)."""
+    """A current record written back in the layout of before schema 2 (no schema, no checksum, v1 names in
+    the size report's totals and per-layer rows)."""
     old = {k: v for k, v in record.items() if k not in ("schema", "packed_sha256")}
     names = {new: old_name for old_name, new in migrate.V1_SIZE_NAMES.items()}
     old["size"] = {names.get(k, k): v for k, v in record["size"].items()}
+    rows = {new: old_name for old_name, new in migrate.V1_LAYER_NAMES.items()}
+    old["size"]["layers"] = [{rows.get(k, k): v for k, v in row.items()} for row in record["size"]["layers"]]
     return old
 
 
@@ -92,3 +95,16 @@ def test_an_error_inside_a_block_that_did_not_get_the_lock_is_not_chained_to_the
                 assert not mine
                 raise ValueError("the caller's own error")
     assert e.value.__context__ is None
+
+
+def test_every_committed_result_is_current_and_names_each_quantity_once():
+    """What the migration promises of the committed results: at the current schema, and no v1 name left in a
+    size report, in its totals or in its per-layer rows (a stale name would be a second name for a number)."""
+    stale = set(migrate.V1_SIZE_NAMES) | set(migrate.V1_LAYER_NAMES)
+    for path in ROOT.glob("results/*/runs/*/result.json"):
+        r = json.loads(path.read_text())
+        assert r["schema"] == RESULT_SCHEMA, path
+        for key in ("size", "size_before_repack"):
+            size = r.get(key) or {}
+            assert not stale & set(size), path
+            assert not any(stale & set(row) for row in size.get("layers", [])), path

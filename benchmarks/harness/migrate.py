@@ -10,6 +10,8 @@ One step per schema, applied in order, so that the readers only ever see the cur
   value entropies become ``value_entropy_per_weight`` and ``value_entropy_per_weight_nonzero`` (same
   definition), and its ``entropy_bits``, which pooled the codes of every bit depth and so is not the current
   ``code_entropy_bits``, is kept as ``pooled_code_entropy_bits``. Nothing is dropped and no number changes.
+- to 4: the same ``entropy_bits`` → ``pooled_code_entropy_bits`` in the per-layer rows of those reports (step 3
+  renamed only the totals), so that each quantity has one name wherever it is stored.
 
 Running it again changes nothing. Like ``repack`` and ``calibrate_runs``, it takes each run's lock, so a grid
 training in the same folder is never raced; ``run_all.py`` migrates its output folder before it plans a grid.
@@ -49,6 +51,7 @@ def _to_2(folder: Path, r: dict) -> None:
 V1_SIZE_NAMES = {"entropy_per_weight": "value_entropy_per_weight",
                  "entropy_per_weight_nonzero": "value_entropy_per_weight_nonzero",
                  "entropy_bits": "pooled_code_entropy_bits"}
+V1_LAYER_NAMES = {"entropy_bits": "pooled_code_entropy_bits"}  # a v1 size report's per-layer rows
 
 
 def _to_3(folder: Path, r: dict) -> None:
@@ -58,8 +61,16 @@ def _to_3(folder: Path, r: dict) -> None:
             r[key] = {V1_SIZE_NAMES.get(k, k): v for k, v in size.items()}
 
 
+def _to_4(folder: Path, r: dict) -> None:
+    for key in ("size", "size_before_repack"):
+        size = r.get(key)
+        if isinstance(size, dict) and isinstance(size.get("layers"), list):
+            size["layers"] = [{V1_LAYER_NAMES.get(k, k): v for k, v in row.items()} if isinstance(row, dict) else row
+                              for row in size["layers"]]
+
+
 #: schema n -> the step that brings a result from n to n + 1 (a result without ``schema`` is at 1)
-STEPS: dict[int, Callable[[Path, dict], None]] = {1: _to_2, 2: _to_3}
+STEPS: dict[int, Callable[[Path, dict], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
 
 
 def migrate_run(folder: Path) -> str:

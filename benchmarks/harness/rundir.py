@@ -40,8 +40,8 @@ SIZE_FIELDS = ("bits", "bits_remaining_pct", "weights_remaining_pct", "weights_t
 SPEC_FIELDS = ("seed", "dataset", "data_fingerprint", "model", "train")
 #: the version of ``result.json``'s layout that this code writes and reads (``benchmarks.harness.migrate``
 #: brings older results to it): 2 added ``schema`` and ``packed_sha256``; 3 gave packed-format-v1 size reports
-#: the current names
-RESULT_SCHEMA = 3
+#: the current names in their totals, 4 in their per-layer rows
+RESULT_SCHEMA = 4
 RUN_FILES = ("config.json", "history.jsonl", "model.packed", "result.json")  # result.json last: it says "done"
 STAGING = "rerun"  # a requested rerun trains here, beside the result it will replace
 RERUN_REQUEST = "rerun-requested"
