@@ -304,6 +304,25 @@ def test_figures_on_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch
     assert len(err) == 1 and "Permission denied" in err[0] and "--dest" in err[0]
 
 
+def test_reports_leave_out_a_run_whose_files_no_longer_back_its_result(tmp_path, caplog):
+    """A table shows a run's size only while its ``model.packed`` is the file it recorded and its history
+    parses: the reports read with the grid's own checks, and name each run they leave out."""
+    from benchmarks.report.runs import load
+
+    for i in range(4):
+        stored_result(tmp_path, f"r{i}", "m", {"k": i})
+    (tmp_path / "runs" / "r1" / "model.packed").unlink()
+    altered = bytearray((tmp_path / "runs" / "r2" / "model.packed").read_bytes())
+    altered[len(altered) // 2] ^= 1
+    (tmp_path / "runs" / "r2" / "model.packed").write_bytes(bytes(altered))
+    (tmp_path / "runs" / "r3" / "history.jsonl").write_text('{"epoch": 1}\n{"epo')
+    with caplog.at_level(logging.WARNING):
+        runs = load(tmp_path)
+    assert list(runs.table.run_id) == ["r0"]
+    assert "model.packed is missing" in caplog.text and "altered or replaced" in caplog.text
+    assert "history.jsonl, line 2, does not parse" in caplog.text
+
+
 def test_tables_sort_numerically(tmp_path):
     from benchmarks.report.runs import load
     from benchmarks.report.tables import write_tables

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.harness.rundir import RESULT_SCHEMA
 from benchmarks.report import scale
+from conftest import stored_run_files
 
 SC = {"bits_init": 8.0, "bits_schedule": "scheduled", "cost": "bits", "eps_bits": 1e-08, "from_float": True,
       "gamma_warmup": 0.0, "grace": 0.0, "lr_bits": 0.5}
@@ -20,6 +21,7 @@ def _write(out, i, method, params, seed, width, acc, bits, weights, schedule="s8
     folder.mkdir(parents=True)
     n = int(411_824 * (width / 0.25) ** 2)
     result = {"schema": RESULT_SCHEMA, "status": "ok", "run_id": run_id, "accuracy": acc, "knob": knob,
+              "packed_sha256": stored_run_files(folder),
               "spec": {"method": method, "params": params, "seed": seed, "dataset": "cifar10",
                        "data_fingerprint": "f", "model": {"name": "resnet9", "width": width, "num_classes": 10},
                        "train": {"precision": "bf16" if width > 0.25 else "fp32", "epochs": 8}, "bn_batches": 20},

@@ -1,8 +1,10 @@
 """One read of a results folder: every run's result and history, and the run table every report is built from.
 
-``load(out)`` reads each ``<out>/runs/<id>/result.json`` once (through ``rundir.read_result``, so a broken one
-is named in one warning and left out), and a finished run's ``history.jsonl`` the first time a figure asks for
-it (``Runs.history``: most reports never do), and builds from the results the run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget control's
+``load(out)`` reads each ``<out>/runs/<id>/result.json`` once, through ``rundir.read_result`` with the grid's
+own checks: a run whose result does not check out, or whose ``model.packed`` is not the file it recorded (or
+fails the packed reader's checks) or whose ``history.jsonl`` does not parse, is named in one warning and left
+out, so a table never shows a size that its file no longer backs. A finished run's history is kept for the
+first time a figure asks for it (``Runs.history``: most reports never do), and builds from the results the run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget control's
 accuracy. ``tables.py``, ``figures.py``, ``paired.py``, ``compare.py``, ``scale.py``, ``headline.py`` and the
 experiments' tables all start from it, so a folder is never read twice and a curve is named by one rule:
 ``series_names`` keys it, ``curve_label`` shows it.
@@ -63,7 +65,7 @@ def load(out: str | Path) -> Runs:
     out = Path(out)
     results = {}
     for folder in sorted(p.parent for p in out.glob("runs/*/result.json")):
-        r = read_result(folder, deep=False)
+        r = read_result(folder)
         if r is not None:
             results[folder.name] = r
     return Runs(out, results, run_table(list(results.values()), out))
