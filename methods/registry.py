@@ -2,12 +2,10 @@
 entry-point group (``[project.entry-points."scnn_bench.methods"] name = "pkg.module:Class"``)."""
 from __future__ import annotations
 
-import logging
+import dataclasses
 from importlib.metadata import entry_points
 
 from methods.base import ConfigError, Method
-
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "scnn_bench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
@@ -37,6 +35,10 @@ def register(name: str):
             raise TypeError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}) defines no export(): it would be "
                             f"measured as float32; define export() (docs/plugins.md), or set exports_float = True if "
                             f"it deliberately stores float weights")
+        if cls.knob is not None and cls.knob not in {f.name for f in dataclasses.fields(cls.Config)}:
+            raise TypeError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}) names knob {cls.knob!r}, which is "
+                            f"not a field of its Config; set knob to the Config field that trades size against "
+                            f"accuracy, or to None (docs/plugins.md)")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
@@ -52,9 +54,10 @@ def _origin(cls: type) -> str:
 
 
 def load_plugins() -> None:
-    """Import every entry point of the group once. A plugin that fails to import is logged with its error
+    """Import every entry point of the group once. A plugin that fails to import is recorded with its error
     and skipped; one whose name is already taken makes that name an error (``MethodNameConflict``) that
-    names both packages, since which of the two a grid means is then ambiguous."""
+    names both packages, since which of the two a grid means is then ambiguous. Nothing is logged here: the
+    caller says each problem once (``plugin_problems``), and using a broken name is itself the error."""
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -65,19 +68,22 @@ def load_plugins() -> None:
             cls = ep.load()
         except Exception as e:  # a plugin's bug must not take the benchmark down
             PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({where}) failed to load: {type(e).__name__}: {e}"
-            log.error(PLUGIN_ERRORS[ep.name])
             continue
         if ep.name in _REGISTRY and _REGISTRY[ep.name] is not cls:
             CONFLICTS[ep.name] = (f"two methods are named {ep.name!r}: {_origin(_REGISTRY[ep.name])} and the "
                                   f"plugin from {where}; rename the plugin's entry point (or uninstall one)")
-            log.error(CONFLICTS[ep.name])
             continue
         try:
             register(ep.name)(cls)
             _ORIGINS[cls] = where
         except Exception as e:
             PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({where}) failed to load: {type(e).__name__}: {e}"
-            log.error(PLUGIN_ERRORS[ep.name])
+
+
+def plugin_problems() -> list[str]:
+    """One line per installed plugin that cannot be used (it failed to load, or its name is taken twice)."""
+    load_plugins()
+    return [*PLUGIN_ERRORS.values(), *CONFLICTS.values()]
 
 
 def available_methods() -> list[str]:

@@ -203,6 +203,7 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
                         "--out", str(tmp_path / "out"), "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert "plugin 'broken' (package broken-plugin, no_such_module:Method) failed to load: ModuleNotFoundError" in p.stderr
+    assert p.stderr.count("plugin 'broken'") == 1 and p.stderr.count("two methods are named 'diffq'") == 1
     df = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(df.method) == {"my_method", "float"} and (df.status == "ok").all()
     mine = df[df.method == "my_method"].iloc[0]  # exported as real 6-bit codes, measured from its file
@@ -215,6 +216,7 @@ def test_installed_plugin_package_runs_through_the_grid(tmp_path):
                        capture_output=True, text=True, env=env)
     last = p.stderr.splitlines()[-1]
     assert p.returncode == 2 and "two methods are named 'diffq'" in last
+    assert p.stderr.count("two methods are named") == 1  # said once, by the error line
     assert "scnn-bench (methods.diffq)" in last and "package clash-plugin" in last
 
 

@@ -45,6 +45,25 @@ def test_a_compression_method_without_export_is_refused_in_one_line():
     assert "\n" not in str(e.value) and "_no_export" not in available_methods()
 
 
+def test_a_knob_that_is_not_a_config_field_is_refused_in_one_line():
+    """The knob names the curve every report draws: a misspelt one would silently split or merge curves."""
+    from dataclasses import dataclass
+
+    class Misnamed(Method):
+        exports_float = True
+        knob = "lvl"
+
+        @dataclass(frozen=True)
+        class Config:
+            level: int = 1
+
+    with pytest.raises(TypeError, match="names knob 'lvl', which is not a field of its Config") as e:
+        register("_misnamed_knob")(Misnamed)
+    assert "\n" not in str(e.value) and "_misnamed_knob" not in available_methods()
+    Misnamed.knob = "level"
+    assert register("_named_knob")(Misnamed) is Misnamed
+
+
 def test_the_plugin_api_is_one_module_with_a_version():
     from methods import api
     assert api.API_VERSION >= 1
