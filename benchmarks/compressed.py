@@ -46,6 +46,14 @@ class LayerCode:
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown coding scheme {self.scheme!r} for {self.name}; use one of {SCHEMES}")
         self.shape, self.full_shape = tuple(self.shape), tuple(self.full_shape)
+        # a plugin's export is checked here, where the layer is named, rather than deep in the accounting
+        if tuple(self.codes.shape) != self.shape:
+            raise ValueError(f"layer {self.name}: codes of shape {tuple(self.codes.shape)} for a layer of shape "
+                             f"{self.shape}; a layer's codes have its exported shape")
+        if (len(self.shape) != len(self.full_shape) or self.shape[2:] != self.full_shape[2:]
+                or any(not 1 <= s <= f for s, f in zip(self.shape, self.full_shape))):
+            raise ValueError(f"layer {self.name}: exported shape {self.shape} does not fit its full shape "
+                             f"{self.full_shape} (channels may only shrink; kernel dimensions stay)")
 
     @property
     def out_channels(self) -> int:

@@ -1,5 +1,6 @@
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 import run_all
 from benchmarks.accounting import inspect
+from benchmarks.compressed import export_float
 from benchmarks.harness.grid import bind_data, expand, parse_grid_overrides
 from benchmarks.harness.presets import get_preset
 from benchmarks.report import figures
@@ -70,6 +72,31 @@ def test_failed_run_is_recorded_and_grid_goes_on(tmp_path):
     failed = df[df.status == "failed"]
     assert code == 1 and list(failed.method) == ["_nan_method"] and "loss became nan" in failed.error.iloc[0]
     assert list(df[df.status == "ok"].method) == ["float"]
+
+
+class NoExportValue(Method):
+    """A plugin whose export forgets to return its CompressedModel."""
+
+    exports_float = True
+
+    def export(self, model, spec):
+        export_float(model, spec)
+
+
+def test_a_plugins_malformed_export_is_named_where_it_is_made(tiny):
+    """Export mistakes fail the run with a line naming the method or the layer, not deep in the accounting."""
+    from benchmarks.harness.runner import _export
+
+    spec, model = tiny
+    register("_no_export_value")(NoExportValue)
+    with pytest.raises(TypeError, match="_no_export_value.export\\(\\) returned NoneType, not a CompressedModel"):
+        _export(NoExportValue(), model, spec)
+    layer = export_float(model, spec).layers[1]
+    with pytest.raises(ValueError, match=f"layer {layer.name}: codes of shape \\({layer.shape[0]}, 3\\) for a layer of shape"):
+        replace(layer, codes=layer.codes.reshape(layer.shape[0], -1)[:, :3])
+    wider = (layer.shape[0], layer.shape[1] + 1, *layer.shape[2:])
+    with pytest.raises(ValueError, match="does not fit its full shape"):
+        replace(layer, shape=wider, codes=torch.zeros(wider))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks.accounting.size import size_report
+from benchmarks.compressed import CompressedModel
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.device import host, pick_device
 from benchmarks.harness.calibration import pack_and_score
@@ -186,6 +187,15 @@ def budget(spec: RunSpec, method: Any, n_train: int, float_seconds: float, metho
             "float_digest": float_digest if pre else None}
 
 
+def _export(method, model: torch.nn.Module, spec: ModelSpec) -> CompressedModel:
+    """The method's exported form, which every size is measured from; anything else is a plugin's bug, named."""
+    cm = method.export(model, spec)
+    if not isinstance(cm, CompressedModel):
+        raise TypeError(f"{method.name}.export() returned {type(cm).__name__}, not a CompressedModel: build it with "
+                        f"methods.api.export_layers (docs/plugins.md)")
+    return cm
+
+
 def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, progress: bool) -> dict:
     method = get_method(spec.method).from_params(**dict(spec.params))
     float_seconds, float_digest = 0.0, None
@@ -206,7 +216,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     def on_epoch(record: dict) -> None:
         if float_step:  # what this epoch's steps cost against a float step of the same net, timed here
             record["epoch_time_vs_float"] = record["epoch_seconds"] / record["steps"] / float_step
-        rep = size_report(method.export(model, spec.model))  # measured by the harness, per epoch
+        rep = size_report(_export(method, model, spec.model))  # measured by the harness, per epoch
         record.update(bits_remaining_pct=rep.bits_remaining_pct, weights_remaining_pct=rep.weights_remaining_pct,
                       unique_values=rep.unique_values, value_entropy_per_weight=rep.value_entropy_per_weight)
         append_history(folder / "history.jsonl", record)
@@ -214,7 +224,7 @@ def _train_and_measure(spec: RunSpec, folder: Path, data: Dataset, cache: Path, 
     t0 = time.perf_counter()
     train(method, model, data, spec.train, on_epoch=on_epoch, progress=progress, checkpoint=checkpoint)
     method_seconds = time.perf_counter() - t0 + elapsed
-    scored = pack_and_score(method.export(model, spec.model), folder / "model.packed", data, spec.bn_batches,
+    scored = pack_and_score(_export(method, model, spec.model), folder / "model.packed", data, spec.bn_batches,
                             spec.train.batch_size, spec.seed)
     result = {**scored, "train_seconds": method_seconds + float_seconds,
               "budget": budget(spec, method, len(data.train), float_seconds, method_seconds, float_digest),
