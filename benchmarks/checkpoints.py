@@ -3,6 +3,7 @@ and read back only as plain data, so that an interrupted run resumes as if it ha
 disk can execute code."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -27,10 +28,25 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, o
     rng = {"gen": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {"model": model.state_dict(), "method": method.state_dict(),
+    state = {"model": model.state_dict(), "method": _loadable(method),
              "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
     with replacing(Path(path)) as tmp:
         torch.save(state, tmp)
+
+
+def _loadable(method: Method) -> dict:
+    """The method's ``state_dict()``, refused at the first save unless a resumed run could load it (plain data
+    only): otherwise a plugin's mistake would surface only after an interruption, as a silent fresh start."""
+    state = method.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, weights_only=True)
+    except Exception as e:
+        raise TypeError(f"{method.name}.state_dict() cannot be checkpointed: {brief(e)}; keep tensors, numbers, "
+                        f"strings, lists and dicts in it (docs/plugins.md)") from None
+    return state
 
 
 class StaleCheckpoint(RuntimeError):

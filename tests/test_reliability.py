@@ -194,6 +194,41 @@ def test_checkpoints_are_plain_data(tmp_path, monkeypatch):
     assert len(seen) >= 9 and all("rng" in s and "method" in s for s in seen)
 
 
+def test_a_method_state_a_resume_could_not_load_is_refused_at_the_first_save(tmp_path):
+    """A plugin whose ``state_dict()`` holds an arbitrary object learns it at the first checkpoint, in one line,
+    not after an interruption (when the checkpoint would be refused and the run silently start afresh)."""
+    from methods import Method, register
+    from benchmarks.checkpoints import save_checkpoint
+
+    class KeepsAnObject(Method):
+        exports_float = True
+
+        def state_dict(self):
+            return {"masks": {"fc": torch.ones(2)}, "helper": Path("x")}
+
+    register("_keeps_an_object")(KeepsAnObject)
+    model, gen = torch.nn.Linear(2, 2), torch.Generator()
+    with pytest.raises(TypeError, match="_keeps_an_object.state_dict\\(\\) cannot be checkpointed: it holds objects") as e:
+        save_checkpoint(tmp_path / "c.pt", model, KeepsAnObject(), [], gen, epoch_index=1, elapsed=0.0)
+    assert "\n" not in str(e.value) and not (tmp_path / "c.pt").exists()
+    KeepsAnObject.state_dict = lambda self: {"masks": {"fc": torch.ones(2)}, "steps": [1, 2], "name": "x"}
+    save_checkpoint(tmp_path / "c.pt", model, KeepsAnObject(), [], gen, epoch_index=1, elapsed=0.0)
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["method"]["steps"] == [1, 2]
+
+
+def test_a_killed_writers_temporary_files_are_removed_when_a_grid_next_holds_the_run(tmp_path):
+    data = make_synthetic()
+    spec = bind_data(expand(get_preset("smoke"), ["float"], [0], {}), data)[0]
+    assert execute(spec, tmp_path, data=data, progress=False)["status"] == "ok"
+    folder = tmp_path / "runs" / spec.run_id
+    leftovers = [folder / "checkpoint.pt.4242.tmp", folder / "rerun" / "result.json.4242.tmp"]
+    for f in leftovers:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"torn")
+    assert execute(spec, tmp_path, data=data, progress=False)["status"] == "ok"  # finished: reused, not retrained
+    assert not any(f.exists() for f in leftovers) and (folder / "result.json").is_file()
+
+
 @pytest.mark.slow
 def test_concurrent_grids_never_train_a_run_twice(tmp_path):
     out = tmp_path / "out"

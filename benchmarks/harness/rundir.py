@@ -197,6 +197,14 @@ def complete_rerun(folder: Path) -> None:
     roll_forward(folder)
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files (``files.replacing``'s ``*.tmp``) that a writer killed mid-write left in the
+    run folder, a width-1.0 checkpoint's among them: only the holder of the run's lock writes there, so under
+    the lock every one found is stale. Call it holding the run's lock."""
+    for tmp in folder.rglob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def roll_forward(folder: Path) -> None:
     """Finish moving a complete rerun's files over the old ones (idempotent: an interrupted move is taken up
     where it stopped), then drop the staging folder and the request. Call it holding the run's lock."""

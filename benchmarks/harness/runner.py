@@ -107,6 +107,7 @@ def execute(spec: RunSpec, out: str | os.PathLike, data_dir: str | None = None, 
             log.info("run %s is being trained by another process; coming back to it later", spec.run_id)
             return {"status": "busy", "run_id": spec.run_id}
         rundir.roll_forward(folder)  # a rerun whose move an interruption cut short
+        rundir.remove_leftovers(folder)
         done = finished(folder)  # checked under the lock: another grid may just have finished it
         if done is not None:
             return done
