@@ -127,3 +127,19 @@ def test_a_one_seed_screen_of_a_larger_network_does_not_replace_a_measured_curve
             shutil.rmtree(f.parent)
     headline.write_headline([out], out)
     assert "Network: resnet9x0.25" in (out / "headline.md").read_text()
+
+
+@pytest.mark.parametrize("lo, hi, labels", [(5.8, 9.6, {"6", "7", "8", "9"}), (1.0, 60.0, {"1", "10", "2", "5", "20", "50"})])
+def test_a_log_axis_always_shows_numbers(lo, hi, labels):
+    """Points all between two labelled ticks (5 and 10%) still get numbers on the axis; a wide axis keeps
+    only 1, 2, 5 per decade."""
+    import matplotlib.pyplot as plt
+    from benchmarks.report.figures import _log_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [0, 1])
+    _log_axis(ax.xaxis)
+    fig.canvas.draw()
+    shown = {t.get_text() for t in ax.get_xticklabels(minor=True) + ax.get_xticklabels() if t.get_text()}
+    plt.close(fig)
+    assert labels <= shown and not {"3", "4", "30", "40"} & (shown if hi > 4 * lo else set())

@@ -46,10 +46,17 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> None:
 
 
 def _log_axis(axis: matplotlib.axis.Axis) -> None:
-    """A log scale labelled with plain numbers (1, 2, 5, 10, 20, 50, ...) rather than powers of ten."""
+    """A log scale labelled with plain numbers (1, 2, 5, 10, 20, 50, ...) rather than powers of ten; an axis
+    spanning less than a factor of 4 (all points between 5 and 10%, say) labels every tick, or it could show
+    no number at all."""
     axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+    def minor(v: float, _) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        return f"{v:g}" if f"{v:g}"[0] in "25" or hi < 4 * lo else ""
+
+    axis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
 def _reference_line(ax: plt.Axes, series: str, label: str, part: pd.DataFrame) -> bool:
