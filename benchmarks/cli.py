@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from benchmarks import argparsing
+
 #: subcommand -> (module whose ``main(argv)`` runs it, one line of help)
 COMMANDS = {
     "run": ("benchmarks.run", "train every method over its grid and write tables and figures (= run_all.py)"),
@@ -40,9 +42,12 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
+    if not argv:
+        print(f"error: name a command: {', '.join(COMMANDS)} (see scnn-bench --help)", file=sys.stderr)
+        return 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
@@ -52,10 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         if rest and rest[0] in ("-h", "--help"):
             print("usage: scnn-bench describe [METHOD]\n\n" + COMMANDS[name][1])
             return 0
+        if len(rest) > 1 or (rest and rest[0].startswith("-")):
+            print(f"error: scnn-bench describe takes one method name or none, got {' '.join(rest)} (see scnn-bench "
+                  f"describe --help)", file=sys.stderr)
+            return 2
         return run(["--describe", rest[0]] if rest else ["--list-methods", "--verbose"], prog="scnn-bench describe")
     module = importlib.import_module(COMMANDS[name][0])
-    sys.argv[0] = f"scnn-bench {name}"  # argparse names the command as the user typed it
-    return module.main(rest)
+    argparsing.invoked_as = f"scnn-bench {name}"  # usage and errors name the command as the user typed it
+    try:
+        return module.main(rest)
+    finally:
+        argparsing.invoked_as = None
 
 
 if __name__ == "__main__":

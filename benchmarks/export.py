@@ -19,7 +19,6 @@ extra (``pip install 'scnn-bench[deploy]'``).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
 import logging
@@ -32,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.compressed import CompressedModel, LayerCode, dead_outputs, decode_layer, to_module
 from benchmarks.data import DataError, Split, load_dataset, normalize
@@ -213,7 +213,11 @@ def export_run(folder: Path, result: dict, split: Split) -> dict:
 def _runs(path: Path) -> tuple[Path, dict[Path, dict]]:
     """(results folder, its finished runs' folders and results) of a PATH argument."""
     if (path / "runs").is_dir():
-        return path, {d: r for d in sorted((path / "runs").iterdir()) if d.is_dir() and (r := finished(d)) is not None}
+        runs = {d: r for d in sorted((path / "runs").iterdir()) if d.is_dir() and (r := finished(d)) is not None}
+        if not runs:
+            raise ValueError(f"{path / 'runs'} holds no finished run to export; pass a results folder that "
+                             f"run_all.py wrote (e.g. results/cpu)")
+        return path, runs
     if (path / "result.json").is_file() and path.parent.name == "runs":
         r = finished(path)
         if r is None:
@@ -223,7 +227,7 @@ def _runs(path: Path) -> tuple[Path, dict[Path, dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.export", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.export", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, help="run folders or results folders (every finished run)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     args = p.parse_args(argv)

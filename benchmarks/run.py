@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.argparsing import Parser
 from benchmarks.data import DataError, load_dataset
 from benchmarks.harness import executors
 from benchmarks.harness.grid import bind_data, expand, float_warmups, parse_grid_overrides, run_all
@@ -44,7 +45,7 @@ MAX_BN_BATCHES = 10_000
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: paper on a GPU, cpu otherwise)")
     p.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's: 0,1,2 for cpu and paper, 0 for "
@@ -89,14 +90,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.list_methods or args.describe:
-            names = [args.describe] if args.describe else available_methods()
-            print(("\n\n" if args.describe or args.verbose else "\n").join(
-                describe(n) if args.describe or args.verbose else n for n in names))
-            for problem in [] if args.describe else plugin_problems():
+        if args.verbose and not args.list_methods:
+            raise ConfigError("--verbose goes with --list-methods (each method's parameters and grids)")
+        if args.describe is not None:  # "" too: an empty name is an unknown method, never "no name given"
+            print(describe(args.describe))
+            return 0
+        if args.list_methods:
+            names = available_methods()
+            print(("\n\n" if args.verbose else "\n").join(describe(n) if args.verbose else n for n in names))
+            for problem in plugin_problems():
                 log.warning("%s", problem)
             return 0
         return _run(args)
+    except BrokenPipeError:  # the reader stopped reading (`| head`): not an error; nothing more is printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, UnknownMethodError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    preset_name = args.preset or ("paper" if torch.cuda.is_available() else "cpu")
+    # only an absent --preset means the default: --preset "" is an unknown preset, not a grid started by mistake
+    preset_name = args.preset if args.preset is not None else ("paper" if torch.cuda.is_available() else "cpu")
     try:
         preset = get_preset(preset_name)
     except KeyError as e:

@@ -10,13 +10,13 @@ Markdown; nothing is written.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.argparsing import Parser
 from benchmarks.harness.rundir import missing_runs
 from benchmarks.report.runs import REFERENCES, curve_label, load
 from benchmarks.report.tables import plus_minus, summary
@@ -63,7 +63,7 @@ def _or_dash(mean: float, std: float, digits: int, missing: str = "—") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", default="results/cpu", help="results folder (default: %(default)s)")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -12,7 +12,6 @@ run costs only its own measurement.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, load_dataset
@@ -72,7 +72,7 @@ def measure(out: Path, data_dir: str | None, methods: list[str], n_batches: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/sc-recipe)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--methods", default="self_compression,float_control",

@@ -17,7 +17,6 @@ meanwhile.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.device import host
 from benchmarks.export import MissingExtra, session, to_onnx
@@ -90,7 +90,7 @@ def seed0_points(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", default="results/cpu", help="results folder (default: %(default)s)")
     ap.add_argument("--runs", nargs="+", metavar="ID", help="run ids (default: seed 0 of each method's default curve)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is kept (default 3)")

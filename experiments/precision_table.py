@@ -11,12 +11,12 @@ point, the means differ by less than the larger of the two stds. Prints Markdown
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import pandas as pd
 
+from benchmarks.argparsing import Parser
 from benchmarks.report.runs import load
 from benchmarks.report.tables import plus_minus
 from benchmarks.harness.rundir import missing_runs
@@ -53,7 +53,7 @@ def bf16_allowed(table: pd.DataFrame, need: tuple[str, ...] = ("float", "self_co
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fp32", nargs="?", default="results/cpu", help="results folder of fp32 runs (default: %(default)s)")
     ap.add_argument("bf16", nargs="?", default="results/cpu-bf16",
                     help="results folder of the same runs in bf16 (default: %(default)s)")

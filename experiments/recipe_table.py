@@ -11,7 +11,6 @@ with the same budget. Prints Markdown; nothing is written.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.argparsing import Parser
 from benchmarks.harness.presets import get_preset
 from benchmarks.report.paired import interpolate, verdict
 from benchmarks.report.runs import load
@@ -113,7 +113,7 @@ def _signed(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", default="results/sc-recipe", help="results folder (default: %(default)s)")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -9,7 +9,6 @@ weights (time, how many went to the fallback, distinct values, entropy, mean rel
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -17,6 +16,7 @@ import time
 import pandas as pd
 import torch
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import entropy
 from benchmarks.compressed import decode_layer
@@ -57,7 +57,7 @@ def fixing_rounds(w: torch.Tensor, delta: float, selection: str, max_order: int 
 
 def main(argv: list[str] | None = None) -> int:
     """The selections side by side on random or stored weights."""
-    ap = argparse.ArgumentParser(prog="python experiments/wf_selection.py",
+    ap = Parser(prog="python experiments/wf_selection.py",
                                  description="The ten fixing rounds of weight fixing without retraining, per "
                                              "selection: time, fallback, distinct values, entropy, relative error.")
     ap.add_argument("--packed", help="cluster the weights of this model.packed (e.g. a float run's); "

@@ -486,6 +486,31 @@ def test_accuracy_table_names_curves_by_what_they_change_and_pairs_each_point_wi
     assert t.iloc[3]["vs control (points)"] == "−4.00" and t.iloc[1]["equal-budget control %"] == "—"
 
 
+def test_every_command_line_mistake_is_one_line_and_exit_2(tmp_path, capsys):
+    """Bad arguments (argparse's own errors included), an empty name where a default would start the whole
+    grid, and a results folder with no run to read: one line each, exit status 2, nothing trained."""
+    from benchmarks import cli
+    from conftest import stored_result
+
+    empty, failed = tmp_path / "empty", tmp_path / "failed"
+    (empty / "runs").mkdir(parents=True)
+    stored_result(failed, "x", "float", status="failed", error="boom")
+    cases = [[], ["run", "--epochs", "abc"], ["run", "--describe", ""], ["run", "--preset", "", "--methods", "float"],
+             ["run", "--verbose"], ["describe", "a", "b"], ["describe", "--verbose"], ["scale"], ["inspect"],
+             ["speed", "--repeats", "abc", str(ROOT / "results" / "cpu")], ["speed", str(failed)],
+             ["compare", str(ROOT / "results" / "cpu"), str(empty)],
+             *([tool, str(empty)] for tool in ("figures", "scale", "headline", "speed", "export", "migrate"))]
+    for argv in cases:
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error:"), (argv, err)
+        assert "scnn-bench" in err[0] or "python -m" not in err[0], (argv, err)  # named as the user typed it
+    assert [p.name for p in empty.iterdir()] == ["runs"] and not (failed / "speed.csv").exists()  # no empty report
+
+
 @pytest.mark.slow
 def test_scnn_bench_lists_its_subcommands_and_runs_them(tmp_path):
     from benchmarks import cli

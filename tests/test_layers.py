@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: low to high; a module may import its own layer or lower ones. First matching pattern wins.
 LAYERS = [
-    ["benchmarks", "benchmarks.files", "benchmarks.device"],
+    ["benchmarks", "benchmarks.files", "benchmarks.device", "benchmarks.argparsing"],
     ["benchmarks.topology", "benchmarks.models", "benchmarks.data"],
     ["benchmarks.compressed", "benchmarks.accounting", "benchmarks.accounting.bitstream", "benchmarks.accounting.entropy_coding",
      "benchmarks.accounting.packed_header", "benchmarks.accounting.size", "benchmarks.accounting.packing",

@@ -6,17 +6,17 @@ uses, from the bytes on disk, without the method that produced the file: fixed-l
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.inspect", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.accounting.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("file", type=Path, help="a model.packed file (e.g. results/cpu/runs/<id>/model.packed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     args = p.parse_args(argv)

@@ -11,7 +11,6 @@ committed reference runs stay in the format they were written in, which the test
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
 from benchmarks.compressed import to_module
@@ -49,7 +49,7 @@ def repack(folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accounting.repack", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.accounting.repack", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--into", type=Path, help="copy the finished runs there first and rewrite the copy instead")
     args = p.parse_args(argv)

@@ -17,7 +17,6 @@ files that do not check out, a spec from another scnn-bench version), stay where
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
@@ -128,7 +128,7 @@ def calibrate_folder(out: Path, data_dir: str | None, bn_batches: int = BN_BATCH
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $SCNN_DATA, else ./data)")
     p.add_argument("--bn-batches", type=int, default=BN_BATCHES,

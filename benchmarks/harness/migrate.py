@@ -20,13 +20,13 @@ named in one line and left as it is, and counts as not done, like any result tha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting.packing import PackedFileError, verify
 from benchmarks.files import RunFileError, write_json
 from benchmarks.harness.rundir import RESULT_SCHEMA, check_result, held, missing_runs, packed_digest
@@ -117,7 +117,7 @@ def migrate_folder(out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.harness.migrate", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.harness.migrate", description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="+", type=Path, help="results folders holding runs/ (e.g. results/cpu)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

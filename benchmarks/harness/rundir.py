@@ -50,10 +50,13 @@ COMPLETE = "complete"  # written into STAGING once its result is whole: from the
 
 def missing_runs(*outs: str | os.PathLike) -> str | None:
     """The one-line error every command-line tool gives for the first of ``outs`` that is not a results
-    folder (no ``runs/`` inside), else None."""
+    folder holding a run with a result (finished or failed), else None: a tool that reads stored runs has
+    nothing to do without one, and says so rather than writing an empty report."""
     for out in outs:
-        if not (Path(out) / "runs").is_dir():
-            return f"error: no runs in {Path(out) / 'runs'}; pass a results folder that run_all.py wrote (e.g. results/cpu)"
+        runs = Path(out) / "runs"
+        if not runs.is_dir() or not any(runs.glob("*/result.json")):
+            return (f"error: no runs in {runs}{'' if not runs.is_dir() else ' with a result yet'}; pass a results "
+                    f"folder that run_all.py wrote (e.g. results/cpu)")
     return None
 
 

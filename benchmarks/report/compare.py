@@ -13,13 +13,13 @@ bit-identical and is not is a bug worth reporting.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.argparsing import Parser
 from benchmarks.files import RunFileError
 from benchmarks.harness.rundir import check_packed, missing_runs
 from benchmarks.report.runs import Runs, load
@@ -82,7 +82,7 @@ def compare(reference: str | Path, reproduction: str | Path) -> tuple[pd.DataFra
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report.compare", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.report.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("reference", type=Path, help="results folder with the stored reference runs (e.g. results/cpu)")
     p.add_argument("reproduction", type=Path, help="results folder of the reproduction (e.g. repro/cpu)")
     p.add_argument("--csv", type=Path, help="also write the comparison to this CSV file")

@@ -5,7 +5,6 @@ No training code is imported and no GPU is needed: every figure is rebuilt from 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.argparsing import Parser  # noqa: E402
 from benchmarks.files import replacing  # noqa: E402
 from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.runs import Runs, curve_labels, load  # noqa: E402
@@ -312,7 +312,7 @@ def build_all(out: str | Path, dest: str | Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Rebuild tables and figures from stored results (no training).")
+    p = Parser(description="Rebuild tables and figures from stored results (no training).")
     p.add_argument("out", nargs="?", default="results/cpu", help="results folder holding runs/ (default: results/cpu)")
     p.add_argument("--dest", help="where to write results.csv, tables.md and figures/ (default: the results folder)")
     args = p.parse_args(argv)

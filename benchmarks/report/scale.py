@@ -19,7 +19,6 @@ seed makes the mean a bound, marked as such.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -35,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.argparsing import Parser  # noqa: E402
 from benchmarks.files import replacing  # noqa: E402
 from benchmarks.harness.rundir import missing_runs  # noqa: E402
 from benchmarks.report.figures import _log_axis, _save  # noqa: E402
@@ -216,7 +216,7 @@ def folders_cli(argv: list[str] | None, prog: str, description: str, written: st
                 write: Callable[[list[Path], Path], pd.DataFrame]) -> int:
     """The command line of a report read from several results folders (this one and ``headline``): the
     folders, ``--dest``, one line and exit 2 for a folder without runs or an unwritable destination."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description)
     p.add_argument("folders", nargs="+", help="results folders holding runs/ (e.g. results/cpu results/scale)")
     p.add_argument("--dest", help=f"where {written} and figures/ go (default: the last folder)")
     args = p.parse_args(argv)

@@ -13,7 +13,6 @@ to ``results.csv`` and draw ``accuracy_vs_speedup`` from it.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import logging
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.compressed import to_module
 from benchmarks.device import host
@@ -92,6 +92,8 @@ def measure(out: str | Path, repeats: int = 5, devices: list[str] | None = None,
         if r is not None:
             cm = packing.load(folder / "model.packed")
             runs.append((r, cm.arch, to_module(cm)))
+    if not runs:
+        raise ValueError(f"{Path(out) / 'runs'} holds no finished run to time; train one first (python run_all.py)")
     rows = []
     for dev_name in devices:
         device = torch.device(dev_name)
@@ -198,7 +200,7 @@ def _onnxruntime_rows(found: list[tuple[dict, bytes]], repeats: int, min_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.speed", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.timing.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="results folder holding runs/ (e.g. results/cpu)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is kept (default 5)")
     p.add_argument("--seconds", type=float, default=MIN_SECONDS,
@@ -230,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --runtime onnxruntime needs {e.name}: pip install 'scnn-bench[deploy]'", file=sys.stderr)
             return 2
     else:
-        df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
+        try:
+            df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         df.to_csv(args.out / ("speed.csv" if args.runtime == "pytorch" else "speed_onnxruntime.csv"), index=False)
         build_all(args.out)

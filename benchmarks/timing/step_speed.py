@@ -9,7 +9,6 @@ steps a timing, median of ``--repeats`` rounds after ``--warmup`` steps. Writes 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.argparsing import Parser
 from benchmarks.harness.presets import PRESETS, get_preset
 from benchmarks.files import replacing
 from benchmarks.device import pick_device, resolve_precision
@@ -53,7 +53,7 @@ def measure(methods: list[str], preset: str, precision: str, device: torch.devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.timing.step_speed", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.timing.step_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="folder to write step_speed.csv into (e.g. results/cpu)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="net and batch size (default: cpu)")
     p.add_argument("--methods", help="comma-separated methods (default: every registered one)")
