@@ -358,6 +358,23 @@ def test_reports_leave_out_a_run_whose_files_no_longer_back_its_result(tmp_path,
     assert "history.jsonl, line 2, does not parse" in caplog.text
 
 
+def test_no_two_curves_of_a_legend_share_a_label(tmp_path):
+    """Curves that differ only in their schedule (an 8- and a 16-epoch control, a recipe screen's long run) or
+    in a control's parameter are told apart in every legend, as the tables tell them apart."""
+    from benchmarks.report.runs import curve_labels, load
+
+    like = {"like": "self_compression", "from_float": True}
+    for i, (params, epochs) in enumerate([(like, 8), (like, 16), ({**like, "from_float": False}, 22)]):
+        stored_result(tmp_path, f"c{i}", "float_control", params, budget={"method_epochs": epochs})
+    for i, epochs in enumerate([8, 16]):
+        stored_result(tmp_path, f"s{i}", "self_compression", {"gamma": 0.1}, knob="gamma",
+                      budget={"method_epochs": epochs})
+    labels = curve_labels(load(tmp_path).table)
+    assert len(set(labels.values())) == len(labels) == 5, labels
+    assert "float_control (like=self_compression, from_float=False, 22 epochs)" in labels.values()
+    assert "self_compression (16 epochs)" in labels.values()
+
+
 def test_tables_sort_numerically(tmp_path):
     from benchmarks.report.runs import load
     from benchmarks.report.tables import write_tables

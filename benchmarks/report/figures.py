@@ -175,14 +175,16 @@ def runtime_speedup_figure(out: Path, df: pd.DataFrame, folder: Path, labels: di
 
 
 def _labels(runs: Runs, results: list[dict], knob: str) -> list[str]:
-    """A legend label per run of one method: its ``knob`` (γ, δ), what else names its curve in the tables
-    (``runs.series_names``: the other parameters, epochs, calibration and precision that vary), its network
-    where the runs have several, and the seed."""
+    """A legend label per run of one method: its ``knob`` (γ, δ), what else names its curve in every figure
+    (``runs.curve_labels``: the parameters that differ from the defaults, epochs, calibration and precision where
+    they vary), its network where the runs have several, and the seed."""
     table = runs.table.set_index("run_id")
     rows = [table.loc[r["run_id"]] for r in results]
+    names = curve_labels(runs.table[runs.table.status == "ok"])
     symbol = {"delta": "δ", "gamma": "γ"}.get(knob, knob)
     several = len({row.model for row in rows}) > 1
-    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}", row.series.removeprefix(row.method).strip(),
+    return [" ".join(filter(None, [f"{symbol}={r['spec']['params'].get(knob)}",
+                                   names[row.series].removeprefix(row.method).strip(),
                                    row.model if several else "", f"s{r['spec']['seed']}"]))
             for r, row in zip(results, rows)]
 
@@ -257,7 +259,10 @@ def training_curve_figure(runs: Runs, folder: Path) -> bool:
     for a in axes:
         a.set_xlabel("epoch")
         a.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    rows = -(-len(names) // 3)  # below the panels in three columns, the figure grown to hold it: a recipe
+    fig.set_figheight(4 + 0.15 * rows)  # screen has dozens of runs, which a legend inside a panel would crush
+    fig.legend(handles, names, loc="outside lower center", fontsize=7, ncols=3)
     _save(fig, folder, "self_compression_training")
     return True
 

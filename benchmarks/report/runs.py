@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,31 +161,41 @@ def series_names(df: pd.DataFrame) -> pd.Series:
     return names
 
 
-def curve_label(method: str, params: dict, knob: str | None, method_params: pd.Series) -> str:
+def curve_label(method: str, params: dict, knob: str | None, method_params: pd.Series,
+                extras: Sequence[str] = ()) -> str:
     """How a curve is named wherever it is shown: ``method`` where ``params`` are its defaults in every
     parameter that varies among the method's runs (the knob aside), else ``method (k=v, ...)`` with the
-    parameters in which it differs from them; a control by the method whose schedule it copies. A method
-    that is not installed here is named by every parameter that varies."""
-    if method in REFERENCES:
-        return f"{method} (like={params['like']})" if "like" in params else method
+    parameters in which it differs from them; a control by the method whose schedule it copies and what else
+    varies among the controls. ``extras`` (``curve_labels``: epochs, calibration, arithmetic where they vary)
+    join the parentheses. A method that is not installed here is named by every parameter that varies."""
     others = [json.loads(p) for p in method_params]
     vary = sorted(k for k in params if k != knob and len({json.dumps(o.get(k)) for o in others}) > 1)
-    try:
-        defaults = get_method(method).Config().__dict__
-    except Exception:  # a plugin's runs read where the plugin is not installed
-        defaults = {}
-    changed = [f"{k}={params[k]}" for k in vary if k not in defaults or defaults[k] != params[k]]
-    return f"{method} ({', '.join(changed)})" if changed else method
+    if method in REFERENCES:
+        inside = ([f"like={params['like']}"] if "like" in params else []) + [f"{k}={params[k]}" for k in vary
+                                                                             if k != "like"]
+    else:
+        try:
+            defaults = get_method(method).Config().__dict__
+        except Exception:  # a plugin's runs read where the plugin is not installed
+            defaults = {}
+        inside = [f"{k}={params[k]}" for k in vary if k not in defaults or defaults[k] != params[k]]
+    inside += extras
+    return f"{method} ({', '.join(inside)})" if inside else method
 
 
 def curve_labels(df: pd.DataFrame) -> dict[str, str]:
-    """``curve_label`` of every series of a run table, keyed by series."""
+    """``curve_label`` of every series of a run table, keyed by series, with what else ``series_names`` tells
+    curves apart by: the epochs where they vary among the method's runs, the calibration and the arithmetic
+    where they vary among all runs (so that no two curves of a legend share a label)."""
     labels = {}
     for series, part in df.groupby("series"):
         first = part.iloc[0]
         knob = first.knob if isinstance(first.knob, str) else None
-        labels[series] = curve_label(first.method, json.loads(first.params), knob,
-                                     df[df.method == first.method].params)
+        mine = df[df.method == first.method]
+        extras = [*([f"{first.epochs:g} epochs"] if mine.epochs.nunique() > 1 else []),
+                  *([f"bn_batches={first.bn_batches:g}"] if df.bn_batches.nunique() > 1 else []),
+                  *([str(first.precision)] if df.precision.nunique() > 1 else [])]
+        labels[series] = curve_label(first.method, json.loads(first.params), knob, mine.params, extras)
     return labels
 
 
