@@ -9,6 +9,8 @@
 # The screens keep the statistics training left (--bn-batches 0), as they were run before BatchNorm calibration
 # existed; experiments/bn_reestimation.py adds the calibrated accuracy of each run to the comparison.
 set -euo pipefail
+# --help: the comment block above, without its leading "# "
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export SCNN_DATA=${SCNN_DATA:-../shared/data}

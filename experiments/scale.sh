@@ -17,6 +17,8 @@
 #   python -m benchmarks.report.scale results/cpu results/scale --dest results/scale
 #   python -m benchmarks.report.headline results/cpu results/scale --dest results/scale
 set -euo pipefail
+# --help: the comment block above, without its leading "# "
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export SCNN_DATA=${SCNN_DATA:-../shared/data}

@@ -499,6 +499,9 @@ def test_every_command_line_mistake_is_one_line_and_exit_2(tmp_path, capsys):
              ["run", "--verbose"], ["describe", "a", "b"], ["describe", "--verbose"], ["scale"], ["inspect"],
              ["speed", "--repeats", "abc", str(ROOT / "results" / "cpu")], ["speed", str(failed)],
              ["compare", str(ROOT / "results" / "cpu"), str(empty)],
+             ["compare", str(ROOT / "results" / "cpu"), str(ROOT / "results" / "cpu"), "--csv", str(tmp_path)],
+             ["run", "--grid", "self_compression.gamma=0.1", "--grid", "self_compression.gamma=0.3"],
+             ["step-speed", str(ROOT / "README.md")],
              *([tool, str(empty)] for tool in ("figures", "scale", "headline", "speed", "export", "migrate"))]
     for argv in cases:
         try:

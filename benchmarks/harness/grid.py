@@ -40,6 +40,8 @@ def parse_grid_overrides(items: Iterable[str]) -> dict[str, dict[str, list[Any]]
         method, dot, param = key.partition(".")
         if not sep or not dot or not method or not param or not values:
             raise ConfigError(f"bad --grid {item!r}; write it as method.param=v1,v2 (e.g. self_compression.gamma=0.01,0.1)")
+        if param in out.get(method, {}):  # the last would silently win
+            raise ConfigError(f"--grid gives {method}.{param} twice; list every value once: {method}.{param}=v1,v2")
         out.setdefault(method, {})[param] = [parse_value(v) for v in values.split(",")]
     return out
 

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if (error := missing_runs(args.reference, args.reproduction)) is not None:
         print(error, file=sys.stderr)
         return 2
+    if args.csv and (args.csv.is_dir() or not args.csv.parent.is_dir()):  # checked before the work, not after
+        print(f"error: --csv {args.csv} is a folder or lies in no folder; pass a file path in an existing folder",
+              file=sys.stderr)
+        return 2
     table, counts = compare(args.reference, args.reproduction)
     print(f"{counts['both']} runs finished in both, {counts['only_reference']} only in {args.reference}, "
           f"{counts['only_reproduction']} only in {args.reproduction}")

@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="folder to write step_speed.csv into (e.g. results/cpu)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="net and batch size (default: cpu)")
     p.add_argument("--methods", help="comma-separated methods (default: every registered one)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="training arithmetic (default auto: bf16 where the device runs it natively, else fp32)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=9, help="rounds of timings; the median is kept (default 9)")
     p.add_argument("--steps", type=int, default=3, help="steps per timing")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each method first (default 3)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             get_method(m)
         args.out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        print(f"error: {args.out} is a file; pass the folder to write step_speed.csv into", file=sys.stderr)
+        return 2
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
