@@ -33,8 +33,10 @@ def pareto(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return df.loc[keep]
 
 
-#: no creation date or software version in the files: a figure rebuilt from the same runs is the same bytes,
-#: so rebuilding the committed figures leaves a clone clean
+#: no creation date or software version in the files: a figure rebuilt from the same runs is the same bytes
+#: on the same kind of CPU, so rebuilding the committed figures leaves a clone clean (PNGs on any host; a PDF
+#: rebuilt on another kind of CPU may differ in the sixth decimal of a layout coordinate: a rounding difference
+#: in the layout arithmetic, whose source was not traced)
 METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
 
 
