@@ -3,9 +3,10 @@
 ``load(out)`` reads each ``<out>/runs/<id>/result.json`` once, through ``rundir.read_result`` with the grid's
 own checks: a run whose result does not check out, or whose ``model.packed`` is not the file it recorded (or
 fails the packed reader's checks) or whose ``history.jsonl`` does not parse, is named in one warning and left
-out, so a table never shows a size that its file no longer backs. A finished run's history is kept for the
-first time a figure asks for it (``Runs.history``: most reports never do), and builds from the results the run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget control's
-accuracy. ``tables.py``, ``figures.py``, ``paired.py``, ``compare.py``, ``scale.py``, ``headline.py`` and the
+out, so a table never shows a size that its file no longer backs. A finished run's history is read into a
+table the first time a figure asks for it (``Runs.history``: most reports never do). From the results it
+builds the run table (one row per run: ``COLUMNS``), with each run's curve (``series``) and its equal-budget
+control's accuracy. ``tables.py``, ``figures.py``, ``paired.py``, ``compare.py``, ``scale.py``, ``headline.py`` and the
 experiments' tables all start from it, so a folder is never read twice and a curve is named by one rule:
 ``series_names`` keys it, ``curve_label`` shows it.
 
