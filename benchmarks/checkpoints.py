@@ -30,8 +30,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, method: Method, o
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {"model": model.state_dict(), "method": _loadable(method),
              "optimizers": [o.state_dict() for o in opts], "rng": rng, **progress}
-    with replacing(Path(path)) as tmp:
-        torch.save(state, tmp)
+    write_torch(Path(path), state)
+
+
+def write_torch(path: Path, obj: Any) -> None:
+    """``torch.save`` of ``obj`` to ``path``, atomically (``files.replacing``) and the same bytes for the same
+    state: saved to a file, torch names the archive inside after that file, whose temporary name holds a pid,
+    so two saves of one model differed; saved through memory the archive is always named "archive"."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with replacing(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
 
 
 def _loadable(method: Method) -> dict:

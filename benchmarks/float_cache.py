@@ -15,9 +15,9 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from benchmarks.checkpoints import StaleCheckpoint, brief, resume_history
+from benchmarks.checkpoints import StaleCheckpoint, brief, resume_history, write_torch
 from benchmarks.data import Dataset
-from benchmarks.files import append_history, replacing
+from benchmarks.files import append_history
 from benchmarks.models import ModelSpec, build_model
 from benchmarks.train import TrainConfig, seed_everything, train
 from methods.base import Method
@@ -109,8 +109,7 @@ def float_model(spec: ModelSpec, data: Dataset, cfg: TrainConfig, cache_dir: str
             model = fresh()
             train(Method(), model, data, cfg, on_epoch=on_epoch, progress=progress, checkpoint=ckpt)
         meta = {"history": history, "train_seconds": elapsed + time.perf_counter() - t0, "key": path.stem}
-        with replacing(path) as tmp:
-            torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+        write_torch(path, {"state_dict": model.state_dict(), "meta": meta})
         ckpt.unlink(missing_ok=True)
         hist.unlink(missing_ok=True)
         retrain.unlink(missing_ok=True)

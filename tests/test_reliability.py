@@ -229,6 +229,19 @@ def test_a_killed_writers_temporary_files_are_removed_when_a_grid_next_holds_the
     assert not any(f.exists() for f in leftovers) and (folder / "result.json").is_file()
 
 
+def test_a_saved_state_is_the_same_bytes_whatever_process_wrote_it(tmp_path, monkeypatch):
+    """Checkpoints and cached float models name nothing of the process that wrote them (torch names the archive
+    inside a file after the file, and the temporary file's name holds the pid)."""
+    from benchmarks.checkpoints import write_torch
+
+    state = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "meta": {"key": "k"}}
+    write_torch(tmp_path / "a.pt", state)
+    monkeypatch.setattr(os, "getpid", lambda: 4242)  # another writer
+    write_torch(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]["w"], state["state_dict"]["w"])
+
+
 @pytest.mark.slow
 def test_concurrent_grids_never_train_a_run_twice(tmp_path):
     out = tmp_path / "out"
