@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
+from benchmarks.argparsing import Parser
 from benchmarks.compressed import CompressedModel, LayerCode, dead_outputs, decode_layer, to_module
 from benchmarks.data import DataError, Split, load_dataset, normalize
 from benchmarks.files import replacing

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
+from benchmarks.argparsing import Parser
 from benchmarks.compressed import to_module
 from benchmarks.data import DataError, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, calibrate_batchnorm

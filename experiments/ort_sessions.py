@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
+from benchmarks.argparsing import Parser
 from benchmarks.device import host
 from benchmarks.export import MissingExtra, session, to_onnx
 from benchmarks.harness.rundir import missing_runs

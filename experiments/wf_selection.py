@@ -16,9 +16,9 @@ import time
 import pandas as pd
 import torch
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import entropy
+from benchmarks.argparsing import Parser
 from benchmarks.compressed import decode_layer
 from methods.wf_centres import CONSTRUCTIONS, DEFAULT_GRID, K_MIN, CentreGrid, top_exponent
 from methods.wf_cluster import DELTA_SCHEDULES, SELECTIONS, SHARES, delta_at, select

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
+from benchmarks.argparsing import Parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
 from benchmarks.accounting.size import size_report
+from benchmarks.argparsing import Parser
 from benchmarks.compressed import to_module
 from benchmarks.files import replacing, write_json
 from benchmarks.harness.rundir import finished, held, missing_runs, packed_digest

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
+from benchmarks.argparsing import Parser
 from benchmarks.data import DataError, Dataset, load_dataset
 from benchmarks.harness.calibration import BN_BATCHES, pack_and_score
 from benchmarks.files import write_json

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting.packing import PackedFileError, verify
+from benchmarks.argparsing import Parser
 from benchmarks.files import RunFileError, write_json
 from benchmarks.harness.rundir import RESULT_SCHEMA, check_result, held, missing_runs, packed_digest
 

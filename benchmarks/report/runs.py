@@ -172,8 +172,8 @@ def curve_label(method: str, params: dict, knob: str | None, method_params: pd.S
     others = [json.loads(p) for p in method_params]
     vary = sorted(k for k in params if k != knob and len({json.dumps(o.get(k)) for o in others}) > 1)
     if method in REFERENCES:
-        inside = ([f"like={params['like']}"] if "like" in params else []) + [f"{k}={params[k]}" for k in vary
-                                                                             if k != "like"]
+        inside = [f"like={params['like']}"] if "like" in params else []
+        inside += [f"{k}={params[k]}" for k in vary if k != "like"]
     else:
         try:
             defaults = get_method(method).Config().__dict__

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks.argparsing import Parser
 from benchmarks.accounting import packing
+from benchmarks.argparsing import Parser
 from benchmarks.compressed import to_module
 from benchmarks.device import host
 from benchmarks.harness.rundir import finished, missing_runs
@@ -222,21 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in (args.device or []) and not torch.cuda.is_available():
         print("error: --device cuda, but no CUDA device is available here; leave it out", file=sys.stderr)
         return 2
-    if args.runtime == "onnxruntime":
-        try:
+    try:
+        if args.runtime == "onnxruntime":
             df = measure_onnxruntime(args.out, args.repeats, min_seconds=args.seconds)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except ImportError as e:
-            print(f"error: --runtime onnxruntime needs {e.name}: pip install 'scnn-bench[deploy]'", file=sys.stderr)
-            return 2
-    else:
-        try:
+        else:
             df = measure(args.out, args.repeats, args.device, min_seconds=args.seconds)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # only onnxruntime's extra is optional: torch and the rest are required
+        print(f"error: --runtime onnxruntime needs {e.name}: pip install 'scnn-bench[deploy]'", file=sys.stderr)
+        return 2
     try:
         df.to_csv(args.out / ("speed.csv" if args.runtime == "pytorch" else "speed_onnxruntime.csv"), index=False)
         build_all(args.out)
